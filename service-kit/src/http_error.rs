@@ -1,0 +1,104 @@
+//! One error type for HTTP handlers: a status, a stable code and a message, rendered as the
+//! shared [`api::ErrorBody`].
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// An error answer. Handlers return `Result<_, HttpError>`; the body is always JSON
+/// `{"code": ..., "message": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: String,
+    /// What went wrong and what to do about it.
+    pub message: String,
+}
+
+impl HttpError {
+    /// An error with the given status, code and message.
+    pub fn new(status: StatusCode, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { status, code: code.into(), message: message.into() }
+    }
+
+    /// 400 with a code.
+    pub fn bad_request(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 401: no or wrong credentials.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this endpoint needs a valid credential: send 'Authorization: Bearer <token>'",
+        )
+    }
+
+    /// 404 for a named thing.
+    pub fn not_found(what: &str, id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} {id:?} does not exist"))
+    }
+
+    /// 409 with a code.
+    pub fn conflict(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// 500 for a failure of the service itself; the detail is logged, not leaked.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the service log")
+    }
+
+    /// 503 when a dependency (Docker, the database) does not answer.
+    pub fn unavailable(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+}
+
+impl From<api::SpecError> for HttpError {
+    fn from(err: api::SpecError) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, err.code(), err.to_string())
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (self.status, Json(api::ErrorBody { code: self.code, message: self.message })).into_response()
+    }
+}
+
+/// Maps axum's JSON extractor failures onto our error body, so malformed bodies and unknown
+/// fields get `400 invalid_body` instead of axum's plain-text answer.
+pub fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> HttpError {
+    use axum::extract::rejection::JsonRejection as R;
+    match rejection {
+        R::MissingJsonContentType(_) => HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with 'Content-Type: application/json'",
+        ),
+        other => HttpError::bad_request("invalid_body", other.body_text()),
+    }
+}
+
+/// A JSON body extractor whose rejections are [`HttpError`]s.
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = HttpError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}

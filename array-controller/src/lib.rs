@@ -1,0 +1,3 @@
+//! The array controller: one per rack.
+
+pub mod packing;

@@ -1,0 +1,1 @@
+//! Packing instances onto boards (being written).

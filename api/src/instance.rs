@@ -47,6 +47,10 @@ pub struct InstanceSpec {
     /// What "ready" means beyond a booted Android.
     #[serde(default)]
     pub readiness: Readiness,
+    /// Raised by the controller to ask for a fast reset (clear the game's data over ADB and
+    /// relaunch it) without recreating the container.
+    #[serde(default)]
+    pub reset_epoch: u64,
 }
 
 /// Host ports of one instance.

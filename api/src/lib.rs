@@ -6,6 +6,7 @@ pub mod error;
 pub mod facts;
 pub mod ids;
 pub mod instance;
+pub mod rack;
 pub mod status;
 
 pub use desired::{BoardLimits, DesiredState};

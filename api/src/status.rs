@@ -104,6 +104,9 @@ pub struct InstanceStatus {
     pub last_exit: Option<ExitInfo>,
     /// Boot stage timings of the current container.
     pub boot: BootTimings,
+    /// The last fast reset applied (see `InstanceSpec::reset_epoch`).
+    #[serde(default)]
+    pub reset_epoch: u64,
 }
 
 /// Kinds of anomaly a board reports.

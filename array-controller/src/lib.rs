@@ -1,3 +1,182 @@
-//! The array controller: one per rack.
+//! The array controller: one per rack. It enrols boards, keeps an inventory of heterogeneous
+//! boards, packs Android instances onto them, keeps each deployment's pool warm, hands out
+//! claims one session at a time, and keeps a resumable event log of every change.
+//!
+//! `main.rs` only parses flags; [`run`] is the whole controller.
 
+pub mod claims;
+pub mod config;
+pub mod db;
+pub mod deployments;
+pub mod desired;
+pub mod enrolment;
+pub mod error;
+pub mod events;
+pub mod http;
+pub mod inventory;
+pub mod lifecycle;
+pub mod metrics;
 pub mod packing;
+pub mod placement;
+pub mod pools;
+pub mod preflight;
+pub mod rack;
+pub mod rows;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::rack::Rack;
+
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+/// How often leases are checked.
+const LEASE_SWEEP: Duration = Duration::from_millis(250);
+/// How often reachability and gauges are refreshed (and pools re-checked).
+const SLOW_SWEEP: Duration = Duration::from_secs(1);
+/// How often the event log is compacted.
+const COMPACTION: Duration = Duration::from_secs(60);
+
+/// Why the controller could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] service_kit::sqlite::StoreOpenError),
+    #[error("cannot read or write token file {path}: {source}")]
+    Token { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Rack(#[from] error::RackError),
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs the controller on an already-bound listener until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ControllerError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| ControllerError::DataDir { path: config.data_dir.display().to_string(), source })?;
+    let conn = service_kit::sqlite::open(&config.data_dir.join("controller.db"), db::MIGRATIONS)?;
+    let operator_token = token(&config.data_dir, "operator-token", config.operator_token.as_deref(), "op")?;
+    let broker_token = token(&config.data_dir, "broker-token", config.broker_token.as_deref(), "broker")?;
+    let mut registry = Registry::default();
+    let metrics = metrics::Metrics::register(&mut registry);
+    let cancel = CancellationToken::new();
+    let rack =
+        Arc::new(Rack::new(config, db::Db::new(conn), metrics, operator_token, broker_token, cancel.clone()));
+    rack.grant_heartbeat_grace()?;
+
+    let loops = [
+        tokio::spawn(lease_loop(rack.clone())),
+        tokio::spawn(sweep_loop(rack.clone())),
+        tokio::spawn(pool_loop(rack.clone())),
+    ];
+    let state = http::AppState { rack: rack.clone(), registry: Arc::new(registry) };
+    tracing::info!(rack = %rack.config.rack_id, addr = %listener.local_addr().map_err(ControllerError::Serve)?, "array controller listening");
+    let stop = cancel.clone();
+    let served = axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stop.cancelled() => {}
+            }
+            // End SSE streams and long-polls so the server can drain.
+            stop.cancel();
+        })
+        .await;
+    cancel.cancel();
+    for handle in loops {
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, handle).await.is_err() {
+            tracing::warn!("a background loop did not stop within the shutdown deadline");
+        }
+    }
+    served.map_err(ControllerError::Serve)
+}
+
+async fn lease_loop(rack: Arc<Rack>) {
+    let mut tick = tokio::time::interval(LEASE_SWEEP);
+    loop {
+        tokio::select! {
+            _ = rack.shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(err) = rack.sweep_leases() {
+                    tracing::error!(error = %err, "lease sweep failed");
+                }
+            }
+        }
+    }
+}
+
+async fn sweep_loop(rack: Arc<Rack>) {
+    let mut tick = tokio::time::interval(SLOW_SWEEP);
+    let mut last_compaction = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = rack.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(err) = rack.sweep_reachability() {
+            tracing::error!(error = %err, "reachability sweep failed");
+        }
+        if let Err(err) = rack.refresh_gauges() {
+            tracing::error!(error = %err, "gauge refresh failed");
+        }
+        if last_compaction.elapsed() >= COMPACTION {
+            last_compaction = tokio::time::Instant::now();
+            let cutoff =
+                service_kit::time::now_ms().saturating_sub(rack.config.event_retention.as_millis() as u64);
+            match events::compact(&rack.db, cutoff) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "event log compacted"),
+                Err(err) => tracing::error!(error = %err, "event compaction failed"),
+            }
+        }
+    }
+}
+
+/// Reconciles pools whenever something changed, and at least every slow sweep.
+async fn pool_loop(rack: Arc<Rack>) {
+    loop {
+        if let Err(err) = rack.reconcile_pools() {
+            tracing::error!(error = %err, "pool reconcile failed");
+        }
+        tokio::select! {
+            _ = rack.shutdown.cancelled() => return,
+            _ = rack.pools_changed.notified() => {}
+            _ = tokio::time::sleep(SLOW_SWEEP) => {}
+        }
+    }
+}
+
+/// The configured token, or one kept in `<data-dir>/<file>` (generated on first start).
+fn token(
+    data_dir: &Path,
+    file: &str,
+    configured: Option<&str>,
+    prefix: &str,
+) -> Result<String, ControllerError> {
+    if let Some(token) = configured {
+        return Ok(token.to_string());
+    }
+    let path = data_dir.join(file);
+    let err = |source| ControllerError::Token { path: path.display().to_string(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
+        Ok(_) | Err(_) => {
+            let token = service_kit::auth::new_token(prefix);
+            service_kit::files::write_private(&path, &token).map_err(err)?;
+            tracing::info!(path = %path.display(), "generated a token");
+            Ok(token)
+        }
+    }
+}

@@ -65,6 +65,8 @@ struct Record {
     /// whose boot stages were not watched and so are not timed.
     op_started: Option<Instant>,
     probe: Option<(String, JoinHandle<()>)>,
+    /// Last fast reset applied; loaded from the store on first use.
+    reset_epoch: Option<u64>,
 }
 
 impl Record {
@@ -184,6 +186,12 @@ impl Agent {
         let specs: HashMap<&str, &InstanceSpec> =
             desired.instances.iter().map(|s| (s.id.as_str(), s)).collect();
         self.observe(&specs, &owned).await;
+        let mut wake_for_reset = None;
+        for (spec, container_id) in self.resets_due(&specs, &owned) {
+            if !self.fast_reset(spec, &container_id).await {
+                wake_for_reset = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
 
         let now = Instant::now();
         let decision = reconcile::decide(
@@ -225,7 +233,64 @@ impl Agent {
             keep
         });
         self.publish();
-        decision.wake_at
+        match (decision.wake_at, wake_for_reset) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Running containers of the current spec whose desired reset epoch is newer than the one
+    /// applied.
+    fn resets_due<'s>(
+        &mut self,
+        specs: &HashMap<&str, &'s InstanceSpec>,
+        owned: &[OwnedContainer],
+    ) -> Vec<(&'s InstanceSpec, String)> {
+        let mut due = Vec::new();
+        for container in owned.iter().filter(|c| c.state == RunState::Running) {
+            let Some(spec) = specs.get(container.instance.as_str()) else { continue };
+            if spec.reset_epoch == 0 || container.generation != spec.generation {
+                continue;
+            }
+            let store = &self.parts.store;
+            let record = self.records.entry(spec.id.clone()).or_default();
+            let applied = *record.reset_epoch.get_or_insert_with(|| store.reset_epoch(&spec.id).unwrap_or(0));
+            if spec.reset_epoch > applied && record.container_id.as_deref() == Some(container.id.as_str()) {
+                due.push((*spec, container.id.clone()));
+            }
+        }
+        due
+    }
+
+    /// Clears the game's data over ADB and restarts the readiness probe, which relaunches the
+    /// game and waits for it to be in the foreground again. Returns false when ADB failed (the
+    /// next pass retries).
+    async fn fast_reset(&mut self, spec: &InstanceSpec, container_id: &str) -> bool {
+        let addr = SocketAddr::new(self.parts.adb_host, spec.ports.adb);
+        if let Some(package) = spec.launch_package() {
+            let cleared =
+                crate::adb::shell(addr, &format!("pm clear {package}"), Duration::from_secs(5)).await;
+            match cleared {
+                Ok(out) if out.trim() == "Success" => {}
+                outcome => {
+                    self.parts.metrics.error("fast_reset");
+                    tracing::warn!(instance = %spec.id, ?outcome, "fast reset failed; retrying");
+                    return false;
+                }
+            }
+        }
+        if let Err(err) = self.parts.store.set_reset_epoch(&spec.id, spec.reset_epoch) {
+            tracing::error!(error = %err, "cannot record a fast reset");
+            return false;
+        }
+        tracing::info!(instance = %spec.id, epoch = spec.reset_epoch, "fast reset done");
+        let record = self.records.entry(spec.id.clone()).or_default();
+        record.reset_epoch = Some(spec.reset_epoch);
+        record.op_started = Some(Instant::now());
+        record.boot = BootTimings::default();
+        Self::set_phase(&self.parts, &spec.id, record, InstancePhase::Booting, Some("fast reset".into()));
+        self.start_probe(spec, container_id);
+        true
     }
 
     /// Brings records up to date with what Docker holds.
@@ -343,6 +408,12 @@ impl Agent {
                 if restart {
                     record.restarts += 1;
                     self.parts.metrics.restarts.inc();
+                } else {
+                    // A fresh container has nothing to reset.
+                    record.reset_epoch = Some(spec.reset_epoch);
+                    if let Err(err) = self.parts.store.set_reset_epoch(&instance, spec.reset_epoch) {
+                        tracing::error!(error = %err, "cannot record the reset epoch");
+                    }
                 }
                 Self::set_phase(&self.parts, &instance, record, InstancePhase::Starting, None);
                 self.start_probe(spec, &container_id);
@@ -518,6 +589,7 @@ impl Agent {
                     crash_loop: r.crash_loop,
                     last_exit: r.last_exit.clone(),
                     boot: r.boot.clone(),
+                    reset_epoch: r.reset_epoch.unwrap_or(0),
                 })
             })
             .collect();

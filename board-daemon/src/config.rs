@@ -63,6 +63,19 @@ pub struct Cli {
     /// Seconds between full reconcile passes (Docker events trigger passes in between) [default: 5].
     #[arg(long, env = "BOARD_RESYNC_SECONDS")]
     pub resync_seconds: Option<u64>,
+    /// Array controller to enrol with and take the desired state from (controller mode); without
+    /// it the daemon is standalone and takes its desired state from its local API.
+    #[arg(long, env = "BOARD_CONTROLLER_URL")]
+    pub controller_url: Option<String>,
+    /// Join token for the first enrolment (the credential it yields is kept in <data-dir>).
+    #[arg(long, env = "BOARD_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// Address players and the controller reach this board at [default: its first address].
+    #[arg(long, env = "BOARD_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+    /// Milliseconds between heartbeats to the controller [default: 1000].
+    #[arg(long, env = "BOARD_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
     /// Log as JSON lines.
     #[arg(long, env = "BOARD_LOG_JSON")]
     pub log_json: bool,
@@ -83,6 +96,10 @@ struct FileConfig {
     facts_override: Option<PathBuf>,
     adb_host: Option<String>,
     resync_seconds: Option<u64>,
+    controller_url: Option<String>,
+    join_token: Option<String>,
+    advertise_address: Option<String>,
+    heartbeat_ms: Option<u64>,
     log_json: Option<bool>,
 }
 
@@ -100,6 +117,10 @@ pub struct Config {
     pub facts_override: Option<PathBuf>,
     pub adb_host: String,
     pub resync_seconds: u64,
+    pub controller_url: Option<String>,
+    pub join_token: Option<String>,
+    pub advertise_address: Option<String>,
+    pub heartbeat_ms: u64,
     pub log_json: bool,
 }
 
@@ -120,6 +141,10 @@ pub enum ConfigError {
     Resync,
     #[error("memory_mib must be at least 64")]
     Memory,
+    #[error("controller url {0:?} must start with http:// or https://")]
+    ControllerUrl(String),
+    #[error("heartbeat_ms must be between 100 and 60000")]
+    Heartbeat,
 }
 
 impl Config {
@@ -145,6 +170,16 @@ impl Config {
         if !(1..=3600).contains(&resync_seconds) {
             return Err(ConfigError::Resync);
         }
+        let controller_url = cli.controller_url.or(file.controller_url).filter(|u| !u.is_empty());
+        if let Some(url) = &controller_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::ControllerUrl(url.clone()));
+        }
+        let heartbeat_ms = cli.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(1000);
+        if !(100..=60_000).contains(&heartbeat_ms) {
+            return Err(ConfigError::Heartbeat);
+        }
         let memory_mib = cli.memory_mib.or(file.memory_mib);
         if memory_mib.is_some_and(|m| m < 64) {
             return Err(ConfigError::Memory);
@@ -161,6 +196,10 @@ impl Config {
             facts_override: cli.facts_override.or(file.facts_override),
             adb_host: cli.adb_host.or(file.adb_host).unwrap_or("127.0.0.1".into()),
             resync_seconds,
+            controller_url: controller_url.map(|u| u.trim_end_matches('/').to_string()),
+            join_token: cli.join_token.or(file.join_token).filter(|t| !t.is_empty()),
+            advertise_address: cli.advertise_address.or(file.advertise_address),
+            heartbeat_ms,
             log_json: cli.log_json || file.log_json.unwrap_or(false),
         })
     }

@@ -28,8 +28,19 @@ pub enum DesiredError {
     ImageMissing { instance: String, image: String },
     #[error("the Docker engine is not reachable yet, so images cannot be checked: {0}")]
     DockerUnavailable(String),
+    #[error("this board is managed by its array controller; change its desired state there")]
+    ManagedByController,
     #[error("cannot store the desired state: {0}")]
     Store(#[from] StoreError),
+}
+
+/// Where an offered desired state comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The local API (standalone mode).
+    Local,
+    /// The array controller.
+    Controller,
 }
 
 impl DesiredError {
@@ -42,6 +53,7 @@ impl DesiredError {
             DesiredError::DeviceMissing { .. } => "device_not_found",
             DesiredError::ImageMissing { .. } => "image_not_found",
             DesiredError::DockerUnavailable(_) => "docker_unreachable",
+            DesiredError::ManagedByController => "managed_by_controller",
             DesiredError::Store(_) => "internal",
         }
     }
@@ -62,11 +74,13 @@ pub struct DesiredSource {
     tx: watch::Sender<DesiredState>,
     /// Offers are checked and written one at a time.
     lock: Mutex<()>,
+    /// A controller manages this board: local offers are refused.
+    managed: bool,
 }
 
 impl DesiredSource {
-    pub fn new(store: Arc<Store>, tx: watch::Sender<DesiredState>) -> Self {
-        DesiredSource { store, tx, lock: Mutex::new(()) }
+    pub fn new(store: Arc<Store>, tx: watch::Sender<DesiredState>, managed: bool) -> Self {
+        DesiredSource { store, tx, lock: Mutex::new(()), managed }
     }
 
     /// The current desired state.
@@ -80,7 +94,11 @@ impl DesiredSource {
         offered: DesiredState,
         facts: &BoardFacts,
         docker: Option<&DockerRuntime>,
+        origin: Origin,
     ) -> Result<Accepted, DesiredError> {
+        if self.managed && origin == Origin::Local {
+            return Err(DesiredError::ManagedByController);
+        }
         let _one_at_a_time = self.lock.lock().await;
         let current = self.current();
         if offered.generation < current.generation {

@@ -244,9 +244,10 @@ pub fn container_name(board_id: &str, instance_id: &str) -> String {
     format!("appliance-{board_id}-{instance_id}")
 }
 
-/// A short, stable hash of the whole spec.
+/// A short, stable hash of the whole spec except `reset_epoch`: a fast reset happens inside the
+/// running container and must not recreate it.
 pub fn spec_hash(spec: &InstanceSpec) -> String {
-    let json = serde_json::to_vec(spec).unwrap_or_default();
+    let json = serde_json::to_vec(&InstanceSpec { reset_epoch: 0, ..spec.clone() }).unwrap_or_default();
     hex::encode(&Sha256::digest(&json)[..8])
 }
 
@@ -347,6 +348,7 @@ mod tests {
             privileged: false,
             boot_timeout_s: 60,
             readiness: Readiness::default(),
+            reset_epoch: 0,
         }
     }
 
@@ -380,5 +382,6 @@ mod tests {
         let a = spec_hash(&spec());
         assert_eq!(a, spec_hash(&spec()));
         assert_ne!(a, spec_hash(&InstanceSpec { memory_mib: 512, ..spec() }));
+        assert_eq!(a, spec_hash(&InstanceSpec { reset_epoch: 9, ..spec() }));
     }
 }

@@ -24,7 +24,7 @@ use service_kit::auth::require_token;
 use service_kit::http_error::{HttpError, JsonBody};
 use tokio::sync::watch;
 
-use crate::desired_source::{Accepted, DesiredError, DesiredSource};
+use crate::desired_source::{Accepted, DesiredError, DesiredSource, Origin};
 use crate::docker::DockerRuntime;
 use crate::store::Store;
 
@@ -91,7 +91,7 @@ async fn put_desired(
     let JsonBody(desired) = body?;
     let generation = desired.generation;
     let facts = s.facts.read().unwrap_or_else(|p| p.into_inner()).clone();
-    match s.desired.offer(desired, &facts, s.docker.get()).await {
+    match s.desired.offer(desired, &facts, s.docker.get(), Origin::Local).await {
         Ok(accepted) => {
             let changed = accepted == Accepted::Applied;
             Ok((StatusCode::OK, Json(DesiredAccepted { generation, changed })).into_response())
@@ -105,7 +105,9 @@ fn desired_error(err: DesiredError) -> HttpError {
         DesiredError::Invalid(_) | DesiredError::DeviceMissing { .. } | DesiredError::ImageMissing { .. } => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
-        DesiredError::Stale { .. } | DesiredError::GenerationReused { .. } => StatusCode::CONFLICT,
+        DesiredError::Stale { .. }
+        | DesiredError::GenerationReused { .. }
+        | DesiredError::ManagedByController => StatusCode::CONFLICT,
         DesiredError::DockerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         DesiredError::Store(_) => return HttpError::internal(&err),
     };

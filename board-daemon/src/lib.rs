@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod readiness;
 pub mod reconcile;
 pub mod store;
+pub mod sync;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -80,7 +81,8 @@ pub async fn run(
     let initial = store.load_desired()?.unwrap_or_default();
     tracing::info!(board = %config.board_id, generation = initial.generation, "starting from the stored desired state");
     let (desired_tx, desired_rx) = watch::channel(initial.clone());
-    let desired = Arc::new(DesiredSource::new(store.clone(), desired_tx));
+    let managed = config.controller_url.is_some();
+    let desired = Arc::new(DesiredSource::new(store.clone(), desired_tx, managed));
     let (status_tx, status_rx) = watch::channel(BoardStatus {
         board_id: config.board_id.clone(),
         desired_generation: initial.generation,
@@ -97,6 +99,7 @@ pub async fn run(
         metrics,
         facts: facts.clone(),
         desired: desired_rx,
+        desired_source: desired.clone(),
         status: status_tx,
         docker_cell: docker_cell.clone(),
         adb_host,
@@ -135,6 +138,7 @@ struct SupervisorParts {
     metrics: Arc<Metrics>,
     facts: Arc<RwLock<api::BoardFacts>>,
     desired: watch::Receiver<api::DesiredState>,
+    desired_source: Arc<DesiredSource>,
     status: watch::Sender<BoardStatus>,
     docker_cell: Arc<OnceLock<DockerRuntime>>,
     adb_host: IpAddr,
@@ -159,6 +163,28 @@ async fn supervise(p: SupervisorParts) {
     let board_cpus = p.facts.read().unwrap_or_else(|e| e.into_inner()).cpu.cpus.clone();
     let wake = Arc::new(Notify::new());
     let events = tokio::spawn(agent::watch_events(docker.clone(), wake.clone(), p.cancel.clone()));
+    let sync = p.config.controller_url.clone().map(|url| {
+        let advertise_address = p.config.advertise_address.clone().unwrap_or_else(|| {
+            let facts = p.facts.read().unwrap_or_else(|e| e.into_inner());
+            facts.addresses.iter().find(|a| !a.contains(':')).cloned().unwrap_or_else(|| "127.0.0.1".into())
+        });
+        let parts = sync::SyncParts {
+            link: sync::ControllerLink {
+                url,
+                join_token: p.config.join_token.clone(),
+                advertise_address,
+                credential_path: p.config.data_dir.join("controller-credential"),
+            },
+            board_id: p.config.board_id.clone(),
+            store: p.store.clone(),
+            desired: p.desired_source.clone(),
+            facts: p.facts.clone(),
+            status: p.status.subscribe(),
+            docker: docker.clone(),
+            cancel: p.cancel.clone(),
+        };
+        tokio::spawn(sync::run(parts, Duration::from_millis(p.config.heartbeat_ms)))
+    });
     let agent = Agent::new(AgentParts {
         board_id: p.config.board_id.clone(),
         docker,
@@ -173,6 +199,9 @@ async fn supervise(p: SupervisorParts) {
     });
     agent.run(p.cancel.clone()).await;
     let _ = events.await;
+    if let Some(sync) = sync {
+        let _ = sync.await;
+    }
 }
 
 /// The configured API token, or the one kept in `<data-dir>/api-token` (created on first start,
@@ -189,7 +218,7 @@ fn api_token(config: &Config) -> Result<String, DaemonError> {
             if !path.exists() || std::fs::metadata(&path).map(|m| m.len() == 0).unwrap_or(false) =>
         {
             let token = service_kit::auth::new_token("board");
-            write_private(&path, &token).map_err(err)?;
+            service_kit::files::write_private(&path, &token).map_err(err)?;
             tracing::info!(path = %path.display(), "generated an API token");
             Ok(token)
         }
@@ -201,12 +230,4 @@ fn api_token(config: &Config) -> Result<String, DaemonError> {
 /// Where the generated API token is kept.
 pub fn token_path(data_dir: &Path) -> PathBuf {
     data_dir.join("api-token")
-}
-
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    file.write_all(contents.as_bytes())
 }

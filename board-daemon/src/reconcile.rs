@@ -163,6 +163,7 @@ mod tests {
             privileged: false,
             boot_timeout_s: 60,
             readiness: Readiness::default(),
+            reset_epoch: 0,
         }
     }
 

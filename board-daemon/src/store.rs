@@ -9,7 +9,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use service_kit::sqlite::StoreOpenError;
 
 /// Schema, one migration per entry; never edit an applied one, append a new one.
-pub const MIGRATIONS: &[&str] = &["
+pub const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE desired_state (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         generation INTEGER NOT NULL,
@@ -21,7 +22,14 @@ pub const MIGRATIONS: &[&str] = &["
         at_ms INTEGER NOT NULL,
         body TEXT NOT NULL
     );
-"];
+",
+    "
+    CREATE TABLE instance_resets (
+        instance TEXT PRIMARY KEY,
+        epoch INTEGER NOT NULL
+    );
+",
+];
 
 /// How many unreported journal entries are kept at most; older ones are dropped first, so a
 /// board cut off for days cannot fill its disk.
@@ -106,6 +114,26 @@ impl Store {
         Ok(entries)
     }
 
+    /// The last fast reset applied to `instance` (0 when none).
+    pub fn reset_epoch(&self, instance: &str) -> Result<u64, StoreError> {
+        let epoch: Option<i64> = self
+            .conn()
+            .query_row("SELECT epoch FROM instance_resets WHERE instance = ?1", [instance], |row| row.get(0))
+            .optional()?;
+        Ok(epoch.unwrap_or(0) as u64)
+    }
+
+    /// Records that the fast reset `epoch` of `instance` was applied, so a restarted daemon never
+    /// repeats it (repeating it on a claimed instance would wipe a live player's game).
+    pub fn set_reset_epoch(&self, instance: &str, epoch: u64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO instance_resets (instance, epoch) VALUES (?1, ?2)
+             ON CONFLICT (instance) DO UPDATE SET epoch = ?2",
+            params![instance, epoch as i64],
+        )?;
+        Ok(())
+    }
+
     /// Forgets entries up to and including `seq` (they were reported).
     pub fn acknowledge(&self, seq: u64) -> Result<usize, StoreError> {
         Ok(self.conn().execute("DELETE FROM journal WHERE seq <= ?1", params![seq as i64])?)
@@ -168,5 +196,15 @@ mod tests {
         assert_eq!(store.acknowledge(3).unwrap(), 3);
         assert_eq!(store.journal_after(0, 100).unwrap().len(), 2);
         assert_eq!(store.journal_after(4, 100).unwrap()[0].seq, 5);
+    }
+
+    #[test]
+    fn reset_epochs_are_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("board.db")).unwrap();
+        assert_eq!(store.reset_epoch("a").unwrap(), 0);
+        store.set_reset_epoch("a", 2).unwrap();
+        store.set_reset_epoch("a", 3).unwrap();
+        assert_eq!(store.reset_epoch("a").unwrap(), 3);
     }
 }

@@ -1,0 +1,258 @@
+//! Claims: a ready instance leased to one session. A claim is one SQLite transaction keyed by
+//! the session id, so the same key always gets the same instance and no instance is ever held
+//! by two keys (`instances.claim_key` is UNIQUE as a second guard). Leases are renewed in
+//! batches; a lapsed lease releases the instance like an explicit release.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use api::rack::{
+    ClaimRequest, ClaimState, ClaimView, InstanceState, RackEventBody, RenewRequest, RenewResponse,
+    ResetPolicy,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::db::Write;
+use crate::error::RackError;
+use crate::inventory::set_instance;
+use crate::rack::Rack;
+use crate::rows;
+
+const MAX_LEASE_MS: u64 = 24 * 3600 * 1000;
+const MAX_KEY_LEN: usize = 200;
+const MAX_RENEW_BATCH: usize = 10_000;
+
+impl Rack {
+    /// Claims a ready instance of a deployment for `key`, or returns the claim `key` already has.
+    pub fn claim(&self, request: ClaimRequest) -> Result<ClaimView, RackError> {
+        let started = Instant::now();
+        let lease = self.lease_ms(request.lease_ms)?;
+        validate_key(&request.key)?;
+        let result = self.write(|w| {
+            if let Some(existing) = claim_view(&w.tx, &request.key)? {
+                if existing.deployment != request.deployment {
+                    return Err(RackError::conflict(
+                        "key_reused",
+                        format!("key {:?} already claimed an instance of deployment {:?}", request.key, existing.deployment),
+                    ));
+                }
+                return Ok(existing);
+            }
+            if rows::deployment(&w.tx, &request.deployment)?.is_none() {
+                return Err(RackError::not_found("deployment", &request.deployment));
+            }
+            // The longest-ready instance on a reachable board.
+            let instance: Option<(String, String)> = w
+                .tx
+                .prepare_cached(
+                    "SELECT i.id, i.board_id FROM instances i JOIN boards b ON b.id = i.board_id
+                     WHERE i.deployment_id = ?1 AND i.state = 'ready' AND b.reachable = 1 AND b.state = 'ready'
+                     ORDER BY i.state_since_ms LIMIT 1",
+                )?
+                .query_row([&request.deployment], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((instance_id, board_id)) = instance else {
+                return Err(RackError::conflict(
+                    "no_ready_instance",
+                    format!("deployment {:?} has no ready instance in this rack right now", request.deployment),
+                ));
+            };
+            let expires = w.now_ms + lease;
+            w.tx.prepare_cached(
+                "INSERT INTO claims (key, deployment_id, instance_id, board_id, state, lease_expires_ms, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?6)",
+            )?
+            .execute(params![request.key, request.deployment, instance_id, board_id, expires as i64, w.now_ms as i64])?;
+            w.tx.prepare_cached("UPDATE instances SET state = 'claimed', claim_key = ?2, state_since_ms = ?3 WHERE id = ?1")?
+                .execute(params![instance_id, request.key, w.now_ms as i64])?;
+            let row = rows::instance(&w.tx, &instance_id)?.ok_or_else(|| RackError::not_found("instance", &instance_id))?;
+            w.emit(RackEventBody::Instance {
+                instance: instance_id.clone(),
+                deployment: request.deployment.clone(),
+                board: board_id.clone(),
+                state: InstanceState::Claimed,
+                generation: row.generation,
+                reason: None,
+                at_risk: false,
+            })?;
+            w.emit(RackEventBody::Claim {
+                key: request.key.clone(),
+                deployment: request.deployment.clone(),
+                instance: instance_id,
+                state: ClaimState::Active,
+            })?;
+            claim_view(&w.tx, &request.key)?.ok_or_else(|| RackError::not_found("claim", &request.key))
+        });
+        self.metrics.claim_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.claim_outcome(match &result {
+            Ok(_) => "claimed",
+            Err(RackError::Conflict { code: "no_ready_instance", .. }) => "no_ready_instance",
+            Err(_) => "error",
+        });
+        if result.is_ok() {
+            // A claimed instance leaves the warm pool; the reconciler may need to act.
+            self.pools_changed.notify_one();
+        }
+        result
+    }
+
+    /// The claim of `key`.
+    pub fn claim_of(&self, key: &str) -> Result<ClaimView, RackError> {
+        self.db.read(|conn| claim_view(conn, key)?.ok_or_else(|| RackError::not_found("claim", key)))
+    }
+
+    /// Extends the leases of many active claims at once.
+    pub fn renew(&self, request: RenewRequest) -> Result<RenewResponse, RackError> {
+        let lease = self.lease_ms(request.lease_ms)?;
+        if request.keys.len() > MAX_RENEW_BATCH {
+            return Err(RackError::invalid(
+                "batch_too_large",
+                format!("renew at most {MAX_RENEW_BATCH} keys at once"),
+            ));
+        }
+        self.write(|w| {
+            let expires = w.now_ms + lease;
+            let mut renewed = BTreeMap::new();
+            let mut missing = Vec::new();
+            let mut stmt = w.tx.prepare_cached(
+                "UPDATE claims SET lease_expires_ms = ?2 WHERE key = ?1 AND state = 'active' RETURNING key",
+            )?;
+            for key in &request.keys {
+                match stmt.query_row(params![key, expires as i64], |r| r.get::<_, String>(0)).optional()? {
+                    Some(key) => {
+                        renewed.insert(key, expires);
+                    }
+                    None => missing.push(key.clone()),
+                }
+            }
+            Ok(RenewResponse { renewed, missing })
+        })
+    }
+
+    /// Ends the claim of `key` and sends its instance to recycling. Releasing an ended claim
+    /// changes nothing and returns it as it is.
+    pub fn release(&self, key: &str) -> Result<ClaimView, RackError> {
+        let view = self.write(|w| {
+            end_claim(w, key, ClaimState::Released)?;
+            claim_view(&w.tx, key)?.ok_or_else(|| RackError::not_found("claim", key))
+        })?;
+        self.pools_changed.notify_one();
+        Ok(view)
+    }
+
+    /// Releases every claim whose lease has lapsed.
+    pub fn sweep_leases(&self) -> Result<usize, RackError> {
+        let expired = self.write(|w| {
+            let keys: Vec<String> = w
+                .tx
+                .prepare_cached("SELECT key FROM claims WHERE state = 'active' AND lease_expires_ms < ?1")?
+                .query_map([w.now_ms as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for key in &keys {
+                tracing::info!(key, "lease lapsed; releasing the instance");
+                end_claim(w, key, ClaimState::Expired)?;
+            }
+            Ok::<_, RackError>(keys.len())
+        })?;
+        if expired > 0 {
+            self.pools_changed.notify_one();
+        }
+        Ok(expired)
+    }
+
+    fn lease_ms(&self, requested: Option<u64>) -> Result<u64, RackError> {
+        let lease = requested.unwrap_or(self.config.default_lease.as_millis() as u64);
+        if !(1000..=MAX_LEASE_MS).contains(&lease) {
+            return Err(RackError::invalid(
+                "invalid_lease",
+                format!("lease_ms must be between 1000 and {MAX_LEASE_MS}"),
+            ));
+        }
+        Ok(lease)
+    }
+}
+
+fn validate_key(key: &str) -> Result<(), RackError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(RackError::invalid(
+            "invalid_key",
+            format!("key must be 1-{MAX_KEY_LEN} printable characters without spaces"),
+        ));
+    }
+    Ok(())
+}
+
+/// Ends an active claim and recycles its instance: recreated from its image (a new generation)
+/// or reset fast over ADB (a new reset epoch), as the deployment says.
+fn end_claim(w: &mut Write<'_>, key: &str, state: ClaimState) -> Result<(), RackError> {
+    let claim: Option<(String, String, String)> =
+        w.tx.query_row("SELECT instance_id, deployment_id, state FROM claims WHERE key = ?1", [key], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    let Some((instance_id, deployment_id, current)) = claim else {
+        return Err(RackError::not_found("claim", key));
+    };
+    if current != ClaimState::Active.as_str() {
+        return Ok(());
+    }
+    w.tx.execute(
+        "UPDATE claims SET state = ?2, ended_ms = ?3 WHERE key = ?1",
+        params![key, state.as_str(), w.now_ms as i64],
+    )?;
+    w.emit(RackEventBody::Claim {
+        key: key.to_string(),
+        deployment: deployment_id.clone(),
+        instance: instance_id.clone(),
+        state,
+    })?;
+    let Some(row) = rows::instance(&w.tx, &instance_id)? else { return Ok(()) };
+    w.tx.execute("UPDATE instances SET claim_key = NULL, at_risk = 0 WHERE id = ?1", [&instance_id])?;
+    let deployment = rows::deployment(&w.tx, &deployment_id)?;
+    let draining = row.state == InstanceState::Draining || deployment.is_none();
+    if draining {
+        set_instance(w, &row, InstanceState::Terminating, Some("released while draining".into()), false)?;
+    } else if deployment.is_some_and(|d| d.reset == ResetPolicy::Fast) {
+        w.tx.execute("UPDATE instances SET reset_epoch = reset_epoch + 1 WHERE id = ?1", [&instance_id])?;
+        set_instance(w, &row, InstanceState::Recycling, Some("fast reset".into()), false)?;
+    } else {
+        w.tx.execute(
+            "UPDATE instances SET generation = generation + 1, container_id = NULL WHERE id = ?1",
+            [&instance_id],
+        )?;
+        let row = rows::instance(&w.tx, &instance_id)?
+            .ok_or_else(|| RackError::not_found("instance", &instance_id))?;
+        set_instance(w, &row, InstanceState::Recycling, Some("recreating from the image".into()), false)?;
+    }
+    w.touch_board(&row.board_id);
+    Ok(())
+}
+
+/// The claim of `key` with its connection details.
+fn claim_view(conn: &Connection, key: &str) -> Result<Option<ClaimView>, RackError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT c.deployment_id, c.instance_id, c.board_id, c.state, c.lease_expires_ms, b.address,
+                    i.adb_port, i.stream_port
+             FROM claims c JOIN boards b ON b.id = c.board_id
+             LEFT JOIN instances i ON i.id = c.instance_id
+             WHERE c.key = ?1",
+        )?
+        .query_row([key], |r| {
+            Ok(ClaimView {
+                key: key.to_string(),
+                deployment: r.get(0)?,
+                instance: r.get(1)?,
+                board: r.get(2)?,
+                state: ClaimState::parse(&r.get::<_, String>(3)?).unwrap_or(ClaimState::Expired),
+                lease_expires_at_ms: r.get::<_, i64>(4)? as u64,
+                host: r.get(5)?,
+                // The instance row is gone once a released instance was removed.
+                ports: api::InstancePorts {
+                    adb: r.get::<_, Option<u16>>(6)?.unwrap_or(0),
+                    stream: r.get::<_, Option<u16>>(7)?.unwrap_or(0),
+                },
+            })
+        })
+        .optional()?)
+}

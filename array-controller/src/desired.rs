@@ -1,0 +1,104 @@
+//! Each board's desired state, derived from its instance rows and their deployments, and the
+//! long-poll by which a board waits for a newer one.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use api::rack::{DeploymentSpec, InstanceState};
+use api::{DesiredState, InstanceSpec, Readiness};
+use rusqlite::Connection;
+
+use crate::error::RackError;
+use crate::rack::Rack;
+use crate::rows::{self, BoardRow, InstanceRow};
+
+impl Rack {
+    /// The desired state of a board now.
+    pub fn desired_state(&self, board_id: &str) -> Result<DesiredState, RackError> {
+        self.db.read(|conn| desired_state(conn, board_id))
+    }
+
+    /// Waits up to `wait` for the board's desired generation to pass `after`; `None` when it did
+    /// not (or the controller is shutting down).
+    pub async fn wait_desired(
+        &self,
+        board_id: &str,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Option<DesiredState>, RackError> {
+        // Subscribe before reading, so a change committed in between still wakes us.
+        let mut changes = self.watch_desired(board_id);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let desired = self.desired_state(board_id)?;
+            if desired.generation > after {
+                return Ok(Some(desired));
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return Ok(None) },
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                _ = self.shutdown.cancelled() => return Ok(None),
+            }
+        }
+    }
+}
+
+fn desired_state(conn: &Connection, board_id: &str) -> Result<DesiredState, RackError> {
+    let board = rows::board(conn, board_id)?.ok_or_else(|| RackError::not_found("board", board_id))?;
+    let mut deployments: HashMap<String, Option<DeploymentSpec>> = HashMap::new();
+    let mut instances = Vec::new();
+    for row in rows::instances_where(conn, "board_id = ?1 AND state != 'terminating'", [board_id])? {
+        if !deployments.contains_key(&row.deployment_id) {
+            deployments.insert(row.deployment_id.clone(), rows::deployment(conn, &row.deployment_id)?);
+        }
+        if let Some(Some(deployment)) = deployments.get(&row.deployment_id)
+            && let Some(spec) = instance_spec(&row, deployment, &board)
+        {
+            instances.push(spec);
+        }
+    }
+    Ok(DesiredState { generation: board.desired_generation, instances })
+}
+
+/// The spec a board runs for an instance row.
+pub fn instance_spec(
+    row: &InstanceRow,
+    deployment: &DeploymentSpec,
+    board: &BoardRow,
+) -> Option<InstanceSpec> {
+    debug_assert_ne!(row.state, InstanceState::Terminating);
+    let image = deployment.images.get(&board.arch)?.clone();
+    let mut env = deployment.env.clone();
+    let display = deployment.profile.display;
+    for (key, value) in [
+        ("SIM_DISPLAY_WIDTH", display.width),
+        ("SIM_DISPLAY_HEIGHT", display.height),
+        ("SIM_DISPLAY_DPI", display.dpi),
+        ("SIM_DISPLAY_FPS", display.fps),
+    ] {
+        env.entry(key.to_string()).or_insert_with(|| value.to_string());
+    }
+    let mut devices = Vec::new();
+    if row.gpu_slots > 0 {
+        devices.extend(board.facts.gpu_devices.iter().cloned());
+    }
+    if row.encoder_slots > 0 {
+        devices.extend(board.facts.encoder_devices.iter().cloned());
+    }
+    Some(InstanceSpec {
+        id: row.id.clone(),
+        image,
+        generation: row.generation,
+        cpus: row.cpus.clone(),
+        memory_mib: row.memory_mib,
+        pids_limit: deployment.profile.pids_limit,
+        devices,
+        ports: row.ports,
+        env,
+        args: deployment.args.clone(),
+        privileged: deployment.privileged,
+        boot_timeout_s: deployment.boot_timeout_s,
+        readiness: Readiness { launch: deployment.launch.clone() },
+        reset_epoch: row.reset_epoch,
+    })
+}

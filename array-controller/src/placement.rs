@@ -1,0 +1,72 @@
+//! From rows to the packer and back: builds the packer's view of the rack from board and
+//! instance rows, places instances, and checks the invariants of every board it changed before
+//! the write commits.
+
+use api::rack::{BoardState as Lifecycle, DeploymentSpec};
+
+use crate::error::RackError;
+use crate::packing::{self, BoardState, ClassRule, Placement, PlacementRequest, Policy};
+use crate::rows::{BoardRow, InstanceRow};
+
+/// What a placement round produced.
+pub struct Outcome {
+    pub placed: Vec<Placement>,
+    /// Why the rest could not be placed (empty when all were).
+    pub unplaced_reasons: Vec<String>,
+}
+
+/// The packer's view of the rack. Every instance row holds its resources, terminating ones
+/// too: their containers still exist until the board removes them.
+pub fn rack_view(boards: &[BoardRow], instances: &[InstanceRow], classes: &[ClassRule]) -> Vec<BoardState> {
+    boards
+        .iter()
+        .filter_map(|board| {
+            let class = packing::classify(&board.facts, classes)?;
+            let mut state = BoardState::new(&board.facts, class);
+            state.id = board.id.clone();
+            state.cordoned = board.cordoned;
+            state.schedulable = board.state == Lifecycle::Ready && board.reachable;
+            state.placed = instances.iter().filter(|i| i.board_id == board.id).map(placement_of).collect();
+            Some(state)
+        })
+        .collect()
+}
+
+fn placement_of(row: &InstanceRow) -> Placement {
+    Placement {
+        board_id: row.board_id.clone(),
+        cpus: row.cpus.clone(),
+        millicores: row.millicores,
+        memory_mib: row.memory_mib,
+        gpu_slots: row.gpu_slots,
+        encoder_slots: row.encoder_slots,
+        ports: row.ports,
+        group: Some(row.deployment_id.clone()),
+    }
+}
+
+/// Places `count` instances of a deployment. Fails (and so aborts the write) if a board would
+/// end up over-committed: that would be a packer bug, and nothing half-checked is written.
+pub fn place(
+    boards: &[BoardRow],
+    instances: &[InstanceRow],
+    deployment_id: &str,
+    spec: &DeploymentSpec,
+    count: usize,
+    classes: &[ClassRule],
+    policy: Policy,
+) -> Result<Outcome, RackError> {
+    let mut view = rack_view(boards, instances, classes);
+    let request = PlacementRequest::for_deployment(deployment_id, spec);
+    let batch = packing::place_many(&mut view, &request, count, policy);
+    for board in view.iter().filter(|b| batch.placed.iter().any(|p| p.board_id == b.id)) {
+        packing::check_board(board).map_err(|err| {
+            tracing::error!(error = %err, "placement would over-commit a board; refusing it");
+            RackError::conflict("overcommit", err.to_string())
+        })?;
+    }
+    Ok(Outcome {
+        placed: batch.placed,
+        unplaced_reasons: batch.failure.map(|f| vec![f.to_string()]).unwrap_or_default(),
+    })
+}

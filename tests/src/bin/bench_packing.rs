@@ -1,0 +1,1085 @@
+//! Packing density benchmark (issue 3, "Figures to report"). Not a test: it prints its figures
+//! and writes them as JSON.
+//!
+//! A mixed rack of 60 boards (rk3588 16 GiB and 8 GiB, rk3568 4 GiB, x86 MEC servers), each
+//! classified by `[[class]]` rules as the controller does, receives a stream of instances of six
+//! games (different millicores, memory, GPU and encoder needs; two aarch64-only, one x86-only,
+//! one big-pinned needing a Mali G610). The stream follows a target mix, in random order or
+//! deployment by deployment, and is longer than the rack could ever hold.
+//!
+//! **Metric**: instances of the stream placed before the first one that fits nowhere (the
+//! largest prefix placed). The optimum is the largest prefix that can be packed at all, with
+//! every choice made knowing the whole prefix. Compared:
+//! - the packer with `FillFirst` and with `Spread`;
+//! - a first-fit baseline: boards in id order, the first that fits (same CPU model);
+//! - small racks (3-4 boards): the exact optimum, by enumerating every maximal set of
+//!   instances one board of each class can hold (exact, including the cpuset search) and a
+//!   search over the residual demand board by board;
+//! - every rack: an upper bound from the configuration LP (choose, per class, how many boards
+//!   hold each maximal set, fractionally). On small racks it is shown next to the exact optimum,
+//!   which says how loose it is.
+//!
+//! Also: microseconds per `place` call on the 60-board rack.
+//!
+//! ```text
+//! cargo run --release -p e2e --bin bench_packing -- [--out PATH] [--seed N]
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use api::facts::{BoardFacts, CpuCluster, CpuTopology, DiskFacts, DockerFacts, KernelFacts, PortRange};
+use api::rack::Pinning;
+use array_controller::packing::resources::{MILLICORES_PER_CPU, cpu_split};
+use array_controller::packing::{self, BoardCapacity, BoardState, ClassRule, PlacementRequest, Policy};
+use serde_json::{Value, json};
+
+/// The controller's `[[class]]` rules for the boards of this rack (as JSON here; the same keys
+/// as in the TOML config).
+fn class_rules() -> Vec<ClassRule> {
+    serde_json::from_value(json!([
+        { "name": "x86-mec", "match": { "arch": "x86_64" },
+          "reserve": { "millicores": 2000, "memory_mib": 4096 },
+          "gpu_kind": "nvidia-t4", "gpu_slots": 24, "encoder_slots": 32 },
+        { "name": "rk3588-16g", "match": { "arch": "aarch64", "soc": "rk3588", "min_memory_mib": 12288 },
+          "reserve": { "millicores": 1000, "memory_mib": 1536 },
+          "gpu_kind": "mali-g610", "gpu_slots": 12, "encoder_slots": 16 },
+        { "name": "rk3588-8g", "match": { "arch": "aarch64", "soc": "rk3588" },
+          "reserve": { "millicores": 1000, "memory_mib": 1024 },
+          "gpu_kind": "mali-g610", "gpu_slots": 12, "encoder_slots": 16 },
+        { "name": "rk3568-4g", "match": { "arch": "aarch64", "soc": "rk3568" },
+          "reserve": { "millicores": 500, "memory_mib": 640 },
+          "gpu_kind": "mali-g52", "gpu_slots": 4, "encoder_slots": 8 },
+    ]))
+    .expect("the bench's class rules are valid")
+}
+
+/// A kind of board as its daemon would report it.
+struct Hardware {
+    kind: &'static str,
+    arch: &'static str,
+    soc: Option<&'static str>,
+    memory_mib: u64,
+    cpus: u32,
+    /// The first `n` CPUs are a little cluster (capacity 414, the rest 1024).
+    little: Option<u32>,
+    /// Boards of this kind in the 60-board rack.
+    in_rack: usize,
+}
+
+const HARDWARE: [Hardware; 4] = [
+    Hardware {
+        kind: "rk3588-16g",
+        arch: "aarch64",
+        soc: Some("rockchip,rk3588"),
+        memory_mib: 15_740,
+        cpus: 8,
+        little: Some(4),
+        in_rack: 24,
+    },
+    Hardware {
+        kind: "rk3588-8g",
+        arch: "aarch64",
+        soc: Some("rockchip,rk3588"),
+        memory_mib: 7_820,
+        cpus: 8,
+        little: Some(4),
+        in_rack: 18,
+    },
+    Hardware {
+        kind: "rk3568-4g",
+        arch: "aarch64",
+        soc: Some("rockchip,rk3568"),
+        memory_mib: 3_900,
+        cpus: 4,
+        little: None,
+        in_rack: 14,
+    },
+    Hardware {
+        kind: "x86-mec",
+        arch: "x86_64",
+        soc: None,
+        memory_mib: 64_000,
+        cpus: 32,
+        little: None,
+        in_rack: 4,
+    },
+];
+
+/// One game's instance profile and constraints.
+struct Game {
+    name: &'static str,
+    millicores: u32,
+    memory_mib: u64,
+    gpu_slots: u32,
+    encoder_slots: u32,
+    big: bool,
+    archs: &'static [&'static str],
+    gpu_kind: Option<&'static str>,
+}
+
+const ARM: &[&str] = &["aarch64"];
+const X86: &[&str] = &["x86_64"];
+const BOTH: &[&str] = &["aarch64", "x86_64"];
+
+const GAMES: [Game; 6] = [
+    Game {
+        name: "idle",
+        millicores: 250,
+        memory_mib: 768,
+        gpu_slots: 0,
+        encoder_slots: 1,
+        big: false,
+        archs: BOTH,
+        gpu_kind: None,
+    },
+    Game {
+        name: "puzzle",
+        millicores: 500,
+        memory_mib: 1024,
+        gpu_slots: 1,
+        encoder_slots: 1,
+        big: false,
+        archs: BOTH,
+        gpu_kind: None,
+    },
+    Game {
+        name: "runner",
+        millicores: 1000,
+        memory_mib: 1536,
+        gpu_slots: 1,
+        encoder_slots: 1,
+        big: false,
+        archs: ARM,
+        gpu_kind: None,
+    },
+    Game {
+        name: "rpg",
+        millicores: 1500,
+        memory_mib: 2560,
+        gpu_slots: 2,
+        encoder_slots: 1,
+        big: false,
+        archs: BOTH,
+        gpu_kind: None,
+    },
+    Game {
+        name: "moba",
+        millicores: 2000,
+        memory_mib: 3072,
+        gpu_slots: 2,
+        encoder_slots: 2,
+        big: true,
+        archs: ARM,
+        gpu_kind: Some("mali-g610"),
+    },
+    Game {
+        name: "shooter",
+        millicores: 3000,
+        memory_mib: 4096,
+        gpu_slots: 3,
+        encoder_slots: 2,
+        big: false,
+        archs: X86,
+        gpu_kind: None,
+    },
+];
+
+/// Target mixes: relative weights of the games above.
+const MIXES: [(&str, [u32; 6]); 4] = [
+    ("balanced", [2, 3, 3, 2, 2, 1]),
+    ("arm-heavy", [0, 1, 4, 2, 4, 0]),
+    ("light", [5, 4, 1, 0, 0, 0]),
+    ("heavy", [0, 0, 1, 3, 3, 2]),
+];
+
+/// Small racks where the exact optimum is computed (indices into `HARDWARE`).
+const SMALL_RACKS: [(&str, &[usize]); 3] =
+    [("small-a", &[0, 1, 2]), ("small-b", &[0, 0, 1, 2]), ("small-c", &[3, 1, 2])];
+
+struct Args {
+    out: PathBuf,
+    seed: u64,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args { out: "bench-results/packing.json".into(), seed: 2026 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        match flag.as_str() {
+            "--out" => args.out = value().into(),
+            "--seed" => args.seed = value().parse().unwrap_or_else(|_| usage("--seed takes a number")),
+            "-h" | "--help" => usage(""),
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    args
+}
+
+fn usage(problem: &str) -> ! {
+    if !problem.is_empty() {
+        eprintln!("bench_packing: {problem}");
+    }
+    eprintln!("usage: bench_packing [--out PATH (bench-results/packing.json)] [--seed N (2026)]");
+    std::process::exit(if problem.is_empty() { 0 } else { 2 });
+}
+
+/// splitmix64: a fixed seed gives the same racks and streams on every machine.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn facts(id: &str, hw: &Hardware) -> BoardFacts {
+    let cpus: Vec<u32> = (0..hw.cpus).collect();
+    let clusters = match hw.little {
+        Some(n) => vec![
+            CpuCluster { cpus: (n..hw.cpus).collect(), capacity: Some(1024) },
+            CpuCluster { cpus: (0..n).collect(), capacity: Some(414) },
+        ],
+        None => vec![CpuCluster { cpus: cpus.clone(), capacity: None }],
+    };
+    BoardFacts {
+        board_id: id.to_string(),
+        arch: hw.arch.to_string(),
+        soc_model: hw.soc.map(str::to_string),
+        cpu: CpuTopology { cpus, clusters },
+        memory_mib: hw.memory_mib,
+        disk: DiskFacts { mount: "/var/lib/docker".into(), total_mib: 240_000, available_mib: 200_000 },
+        gpu_devices: vec!["/dev/dri/renderD128".into()],
+        encoder_devices: vec!["/dev/mpp_service".into()],
+        kernel: KernelFacts {
+            release: "6.1.75".into(),
+            page_size: 4096,
+            binderfs: true,
+            binder_devices: vec![],
+            memfd: true,
+            ashmem: false,
+            inotify_max_user_instances: Some(8192),
+            inotify_max_user_watches: Some(524_288),
+        },
+        docker: DockerFacts {
+            reachable: true,
+            version: Some("27.5".into()),
+            api_version: None,
+            cgroup_version: Some(2),
+        },
+        addresses: vec!["10.0.0.10".into()],
+        host_port_range: PortRange { start: 20000, end: 20199 },
+        overridden: vec![],
+    }
+}
+
+fn request(game: &Game) -> PlacementRequest {
+    PlacementRequest {
+        millicores: game.millicores,
+        memory_mib: game.memory_mib,
+        gpu_slots: game.gpu_slots,
+        encoder_slots: game.encoder_slots,
+        pinning: if game.big { Pinning::Big } else { Pinning::Any },
+        archs: game.archs.iter().map(|a| a.to_string()).collect(),
+        gpu_kind: game.gpu_kind.map(str::to_string),
+        labels: Default::default(),
+        anti_affinity: None,
+    }
+}
+
+/// Boards of the given hardware kinds, ids in the given order, classified by the rules.
+fn build_rack(kinds: &[usize], rules: &[ClassRule]) -> Vec<BoardState> {
+    kinds
+        .iter()
+        .enumerate()
+        .map(|(i, &kind)| {
+            let facts = facts(&format!("b{i:02}"), &HARDWARE[kind]);
+            let class = packing::classify(&facts, rules).expect("every bench board has a class");
+            assert_eq!(class.name, HARDWARE[kind].kind, "class rules and hardware disagree");
+            BoardState::new(&facts, class)
+        })
+        .collect()
+}
+
+/// Instances in random order, each drawn from the mix.
+fn shuffled(weights: &[u32; 6], len: usize, rng: &mut Rng) -> Vec<usize> {
+    let total: u32 = weights.iter().sum();
+    (0..len)
+        .map(|_| {
+            let mut pick = rng.below(u64::from(total)) as u32;
+            weights
+                .iter()
+                .position(|&w| {
+                    if pick < w {
+                        true
+                    } else {
+                        pick -= w;
+                        false
+                    }
+                })
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The mix as a smooth weighted round-robin: every prefix is as close to the mix as it can be,
+/// so its first N are "N instances of the target mix", growing one instance at a time.
+fn smooth(weights: &[u32; 6], len: usize) -> Vec<usize> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = [0i64; 6];
+    (0..len)
+        .map(|_| {
+            for (c, &w) in current.iter_mut().zip(weights) {
+                *c += i64::from(w);
+            }
+            let best = (0..6).max_by_key(|&g| (current[g], std::cmp::Reverse(g))).unwrap();
+            current[best] -= total;
+            best
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+enum Strategy {
+    /// The packer.
+    Packer(Policy),
+    /// Boards in id order, the first that fits.
+    FirstFit,
+}
+
+/// One run: instances placed, `place` calls and time spent in them.
+struct Run {
+    placed: usize,
+    calls: usize,
+    elapsed: Duration,
+}
+
+fn place_one(boards: &mut [BoardState], req: &PlacementRequest, strategy: Strategy) -> bool {
+    let placement = match strategy {
+        Strategy::Packer(policy) => packing::place(boards, req, policy).ok(),
+        Strategy::FirstFit => {
+            boards.iter().find_map(|b| packing::place(std::slice::from_ref(b), req, Policy::FillFirst).ok())
+        }
+    };
+    let Some(p) = placement else { return false };
+    boards.iter_mut().find(|b| b.id == p.board_id).expect("placed on a board of the rack").placed.push(p);
+    true
+}
+
+fn check(boards: &[BoardState]) {
+    for b in boards {
+        packing::check_board(b).expect("the packer never over-commits");
+    }
+}
+
+/// Online: places the stream in arrival order until an instance fits nowhere.
+fn online(rack: &[BoardState], requests: &[PlacementRequest], stream: &[usize], strategy: Strategy) -> Run {
+    let mut boards = rack.to_vec();
+    let start = Instant::now();
+    let mut placed = 0;
+    for &game in stream {
+        if !place_one(&mut boards, &requests[game], strategy) {
+            break;
+        }
+        placed += 1;
+    }
+    let elapsed = start.elapsed();
+    check(&boards);
+    Run { placed, calls: placed + 1, elapsed }
+}
+
+#[derive(Clone, Copy)]
+enum Batching {
+    /// `place_all`: most constrained game first, largest first.
+    Sorted(Policy),
+    /// `place_many` game by game in the listed order.
+    InOrder(Policy),
+    /// Game by game in the listed order, first fit.
+    FirstFit,
+    /// Experiment: classes steered by LP targets.
+    Guided(Policy),
+}
+
+thread_local! {
+    static GUIDE: std::cell::RefCell<(Vec<usize>, Vec<Vec<f64>>)> = Default::default();
+}
+
+fn guided(
+    boards: &mut [BoardState],
+    requests: &[PlacementRequest],
+    counts: &[u32],
+    policy: Policy,
+    guide: (Vec<usize>, Vec<Vec<f64>>),
+) -> usize {
+    let (class_of_board, lp) = guide;
+    let (_, targets) = (0, lp);
+    let scale = {
+        let t: f64 = targets.iter().flatten().sum();
+        let c: f64 = counts.iter().map(|&c| f64::from(c)).sum();
+        if t > 0.0 { c / t } else { 1.0 }
+    };
+    let mut placed_per = vec![vec![0.0f64; requests.len()]; targets.len()];
+    let demand: Vec<(PlacementRequest, usize)> =
+        requests.iter().cloned().zip(counts.iter().map(|&c| c as usize)).collect();
+    let mut total = 0;
+    // same order as place_all: tiers by eligible count, interleaved
+    let eligible: Vec<usize> = requests
+        .iter()
+        .map(|r| {
+            boards
+                .iter()
+                .filter(|b| {
+                    packing::place(&[BoardState { placed: vec![], ..(*b).clone() }], r, Policy::FillFirst)
+                        .is_ok()
+                })
+                .count()
+        })
+        .collect();
+    let mut tiers = eligible.clone();
+    tiers.sort();
+    tiers.dedup();
+    for tier in tiers {
+        let members: Vec<usize> =
+            (0..requests.len()).filter(|&i| eligible[i] == tier && counts[i] > 0).collect();
+        let tot: i64 = members.iter().map(|&i| counts[i] as i64).sum();
+        let mut credit = vec![0i64; requests.len()];
+        let mut done = vec![0usize; requests.len()];
+        let mut open = members.clone();
+        while !open.is_empty() {
+            for &i in &open {
+                credit[i] += counts[i] as i64;
+            }
+            let &g = open.iter().max_by_key(|&&i| (credit[i], std::cmp::Reverse(i))).unwrap();
+            credit[g] -= tot;
+            let under: Vec<usize> = (0..boards.len())
+                .filter(|&b| {
+                    let t = class_of_board[b];
+                    placed_per[t][g] < targets[t][g] * scale - 1e-9
+                })
+                .collect();
+            let sub: Vec<BoardState> = under.iter().map(|&b| boards[b].clone()).collect();
+            let p = packing::place(&sub, &demand[g].0, policy)
+                .or_else(|_| packing::place(boards, &demand[g].0, policy));
+            match p {
+                Ok(p) => {
+                    let b = boards.iter().position(|b| b.id == p.board_id).unwrap();
+                    placed_per[class_of_board[b]][g] += 1.0;
+                    boards[b].placed.push(p);
+                    done[g] += 1;
+                    total += 1;
+                    if done[g] == counts[g] as usize {
+                        open.retain(|&i| i != g);
+                    }
+                }
+                Err(_) => open.retain(|&i| i != g),
+            }
+        }
+    }
+    total
+}
+
+/// Places `counts` instances of each game at once; true when every one was placed.
+fn batch(
+    rack: &[BoardState],
+    requests: &[PlacementRequest],
+    counts: &[u32],
+    how: Batching,
+    calls: &mut Run,
+) -> bool {
+    let mut boards = rack.to_vec();
+    let start = Instant::now();
+    let total: usize = counts.iter().map(|&c| c as usize).sum();
+    let placed = match how {
+        Batching::Sorted(policy) => {
+            let demand: Vec<(PlacementRequest, usize)> =
+                requests.iter().cloned().zip(counts.iter().map(|&c| c as usize)).collect();
+            packing::place_all(&mut boards, &demand, policy).iter().map(|b| b.placed.len()).sum()
+        }
+        Batching::InOrder(policy) => requests
+            .iter()
+            .zip(counts)
+            .map(|(req, &n)| packing::place_many(&mut boards, req, n as usize, policy).placed.len())
+            .sum(),
+        Batching::Guided(policy) => {
+            guided(&mut boards, requests, counts, policy, GUIDE.with(|g| g.borrow().clone()))
+        }
+        Batching::FirstFit => requests
+            .iter()
+            .zip(counts)
+            .map(|(req, &n)| (0..n).take_while(|_| place_one(&mut boards, req, Strategy::FirstFit)).count())
+            .sum(),
+    };
+    calls.elapsed += start.elapsed();
+    if std::env::var("DEBUG").is_ok()
+        && placed < total
+        && matches!(how, Batching::Sorted(Policy::FillFirst))
+        && rack.len() == 60
+    {
+        let mut per: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+        for b in &boards {
+            let e = per.entry(format!("{}/{}", b.arch, b.capacity.memory_mib)).or_insert(vec![0; 7]);
+            for p in &b.placed {
+                let g = requests.iter().position(|r| r.millicores == p.millicores).unwrap();
+                e[g] += 1;
+            }
+            e[6] += 1;
+        }
+        eprintln!("BATCH FAIL placed {placed}/{total} need {counts:?}: {per:?}");
+    }
+    calls.calls += placed + usize::from(placed < total);
+    calls.placed = calls.placed.max(placed);
+    check(&boards);
+    placed == total
+}
+
+/// The largest N at most `hi` for which the whole target mix of N instances is placed (scanning
+/// down from `hi`, so a placer that would fail at some smaller N is not credited beyond it).
+fn batch_best(
+    rack: &[BoardState],
+    requests: &[PlacementRequest],
+    mix: &[usize],
+    hi: usize,
+    how: Batching,
+) -> Run {
+    let mut run = Run { placed: 0, calls: 0, elapsed: Duration::ZERO };
+    let best = (0..=hi).rev().find(|&n| batch(rack, requests, &demand(mix, n), how, &mut run)).unwrap_or(0);
+    run.placed = best;
+    run
+}
+
+/// Demand vector of the first `n` instances of a stream.
+fn demand(stream: &[usize], n: usize) -> Vec<u32> {
+    let mut d = vec![0; GAMES.len()];
+    for &g in &stream[..n] {
+        d[g] += 1;
+    }
+    d
+}
+
+/// The exact model of one board class: capacity and which games may run on it.
+struct ClassModel {
+    capacity: BoardCapacity,
+    eligible: Vec<bool>,
+    memo: HashMap<Vec<u32>, bool>,
+}
+
+impl ClassModel {
+    fn new(board: &BoardState, requests: &[PlacementRequest]) -> ClassModel {
+        let empty = BoardState { placed: vec![], ..board.clone() };
+        let eligible = requests
+            .iter()
+            .map(|r| packing::place(std::slice::from_ref(&empty), r, Policy::FillFirst).is_ok())
+            .collect();
+        ClassModel { capacity: board.capacity.clone(), eligible, memo: HashMap::new() }
+    }
+
+    /// Can one board of this class hold `counts` instances of each game, on every resource,
+    /// with some choice of cpusets?
+    fn fits(&mut self, counts: &[u32]) -> bool {
+        if let Some(&known) = self.memo.get(counts) {
+            return known;
+        }
+        let cap = &self.capacity;
+        let sum = |f: &dyn Fn(&Game) -> u64| -> u64 {
+            GAMES.iter().zip(counts).map(|(g, &n)| f(g) * u64::from(n)).sum()
+        };
+        let ok = counts.iter().zip(&self.eligible).all(|(&n, &e)| n == 0 || e)
+            && sum(&|g| g.memory_mib) <= cap.memory_mib
+            && sum(&|g| u64::from(g.millicores)) <= u64::from(cap.millicores)
+            && sum(&|g| u64::from(g.gpu_slots)) <= u64::from(cap.gpu_slots)
+            && sum(&|g| u64::from(g.encoder_slots)) <= u64::from(cap.encoder_slots)
+            && 2 * sum(&|_| 1) <= cap.ports.len() as u64
+            && cpus_fit(cap, counts);
+        self.memo.insert(counts.to_vec(), ok);
+        ok
+    }
+
+    /// Every maximal `counts` this class can hold (no game can be added), clipped to `limit`.
+    fn maximal_configs(&mut self, limit: &[u32]) -> Vec<Vec<u32>> {
+        let mut out = Vec::new();
+        let mut v = vec![0; GAMES.len()];
+        self.extend(&mut v, 0, limit, &mut out);
+        out
+    }
+
+    fn extend(&mut self, v: &mut Vec<u32>, from: usize, limit: &[u32], out: &mut Vec<Vec<u32>>) {
+        let mut maximal = true;
+        for g in 0..GAMES.len() {
+            if v[g] >= limit[g] {
+                continue;
+            }
+            v[g] += 1;
+            if self.fits(v) {
+                maximal = false;
+                if g >= from {
+                    self.extend(v, g, limit, out);
+                }
+            }
+            v[g] -= 1;
+        }
+        if maximal {
+            out.push(v.clone());
+        }
+    }
+}
+
+/// Exact cpuset feasibility: each instance needs `k` distinct allowed CPUs with its share free.
+/// A greedy best fit settles most cases; otherwise a search over CPUs grouped by (free, big),
+/// remembering states that failed.
+fn cpus_fit(cap: &BoardCapacity, counts: &[u32]) -> bool {
+    let mut items: Vec<(usize, u32, bool)> = Vec::new();
+    for (g, &n) in GAMES.iter().zip(counts) {
+        let (k, share, _) = cpu_split(g.millicores);
+        items.extend(std::iter::repeat_n((k, share, g.big), n as usize));
+    }
+    items.sort_by_key(|&(k, share, big)| {
+        (std::cmp::Reverse(big), std::cmp::Reverse(share), std::cmp::Reverse(k))
+    });
+    let cpus: Vec<(u32, bool)> = cap.cpus.iter().map(|c| (c.millicores, c.big)).collect();
+    greedy_cpus(cpus.clone(), &items) || search_cpus(cpus, &items, 0, &mut HashSet::new())
+}
+
+fn greedy_cpus(mut cpus: Vec<(u32, bool)>, items: &[(usize, u32, bool)]) -> bool {
+    for &(k, share, big) in items {
+        let mut allowed: Vec<usize> =
+            (0..cpus.len()).filter(|&i| cpus[i].0 >= share && (cpus[i].1 || !big)).collect();
+        allowed.sort_by_key(|&i| (cpus[i].0, cpus[i].1));
+        if allowed.len() < k {
+            return false;
+        }
+        for &i in &allowed[..k] {
+            cpus[i].0 -= share;
+        }
+    }
+    true
+}
+
+fn search_cpus(
+    cpus: Vec<(u32, bool)>,
+    items: &[(usize, u32, bool)],
+    i: usize,
+    failed: &mut HashSet<(usize, Vec<(u32, bool)>)>,
+) -> bool {
+    let Some(&(k, share, big)) = items.get(i) else { return true };
+    let mut state = cpus;
+    state.sort_unstable();
+    if failed.contains(&(i, state.clone())) {
+        return false;
+    }
+    // Groups of interchangeable CPUs: (free, big, how many).
+    let mut groups: Vec<(u32, bool, usize)> = Vec::new();
+    for &(free, is_big) in &state {
+        if free >= share && (is_big || !big) {
+            match groups.last_mut() {
+                Some(g) if g.0 == free && g.1 == is_big => g.2 += 1,
+                _ => groups.push((free, is_big, 1)),
+            }
+        }
+    }
+    let mut take = vec![0usize; groups.len()];
+    let found = choose(&groups, &mut take, 0, k, &mut |take| {
+        let mut next = state.clone();
+        for (g, &n) in groups.iter().zip(take) {
+            let mut left = n;
+            for c in next.iter_mut() {
+                if left > 0 && c.0 == g.0 && c.1 == g.1 {
+                    c.0 -= share;
+                    left -= 1;
+                }
+            }
+        }
+        search_cpus(next, items, i + 1, failed)
+    });
+    if !found {
+        failed.insert((i, state));
+    }
+    found
+}
+
+/// Tries every way of taking `left` CPUs from the groups from index `g` on.
+fn choose(
+    groups: &[(u32, bool, usize)],
+    take: &mut Vec<usize>,
+    g: usize,
+    left: usize,
+    f: &mut dyn FnMut(&[usize]) -> bool,
+) -> bool {
+    if left == 0 {
+        return f(take);
+    }
+    if g == groups.len() {
+        return false;
+    }
+    for n in (0..=groups[g].2.min(left)).rev() {
+        take[g] = n;
+        if choose(groups, take, g + 1, left - n, f) {
+            take[g] = 0;
+            return true;
+        }
+    }
+    take[g] = 0;
+    false
+}
+
+/// Maximal configurations per class, clipped to `limit` and with dominated ones removed.
+fn columns(models: &mut [ClassModel], limit: &[u32]) -> Vec<Vec<Vec<u32>>> {
+    models
+        .iter_mut()
+        .map(|m| {
+            let mut configs = m.maximal_configs(limit);
+            configs.sort();
+            configs.dedup();
+            let dominated =
+                |c: &Vec<u32>| configs.iter().any(|d| d != c && d.iter().zip(c).all(|(a, b)| a >= b));
+            configs.iter().filter(|c| !dominated(c)).cloned().collect()
+        })
+        .collect()
+}
+
+/// Configuration LP: max s such that boards of each class, each holding a (fractional mix of)
+/// maximal configurations, cover s x `need`. Simplex on a dense tableau with Bland's rule.
+fn lp_scale(columns: &[Vec<Vec<u32>>], boards_per_class: &[usize], need: &[u32]) -> f64 {
+    lp_solve(columns, boards_per_class, need).0
+}
+
+fn lp_solve(columns: &[Vec<Vec<u32>>], boards_per_class: &[usize], need: &[u32]) -> (f64, Vec<Vec<f64>>) {
+    let games = need.len();
+    let rows = games + columns.len();
+    let vars: Vec<(usize, &Vec<u32>)> =
+        columns.iter().enumerate().flat_map(|(t, cs)| cs.iter().map(move |c| (t, c))).collect();
+    let n = 1 + vars.len();
+    let width = n + rows + 1;
+    let mut tab = vec![vec![0.0f64; width]; rows + 1];
+    for g in 0..games {
+        tab[g][0] = f64::from(need[g]);
+        for (j, (_, c)) in vars.iter().enumerate() {
+            tab[g][1 + j] = -f64::from(c[g]);
+        }
+    }
+    for (t, &count) in boards_per_class.iter().enumerate() {
+        for (j, (class, _)) in vars.iter().enumerate() {
+            if *class == t {
+                tab[games + t][1 + j] = 1.0;
+            }
+        }
+        tab[games + t][width - 1] = count as f64;
+    }
+    for (r, row) in tab.iter_mut().take(rows).enumerate() {
+        row[n + r] = 1.0;
+    }
+    tab[rows][0] = -1.0;
+    let mut basis: Vec<usize> = (n..n + rows).collect();
+    const EPS: f64 = 1e-9;
+    while let Some(enter) = (0..width - 1).find(|&j| tab[rows][j] < -EPS) {
+        let mut leave: Option<(usize, f64)> = None;
+        for r in 0..rows {
+            if tab[r][enter] > EPS {
+                let ratio = tab[r][width - 1] / tab[r][enter];
+                let better = match leave {
+                    None => true,
+                    Some((l, best)) => ratio < best - EPS || (ratio < best + EPS && basis[r] < basis[l]),
+                };
+                if better {
+                    leave = Some((r, ratio));
+                }
+            }
+        }
+        let Some((pivot, _)) = leave else { return (f64::INFINITY, vec![]) };
+        let p = tab[pivot][enter];
+        tab[pivot].iter_mut().for_each(|x| *x /= p);
+        let pivot_row = tab[pivot].clone();
+        for (r, row) in tab.iter_mut().enumerate() {
+            let factor = row[enter];
+            if r != pivot && factor.abs() > EPS {
+                row.iter_mut().zip(&pivot_row).for_each(|(x, y)| *x -= factor * y);
+            }
+        }
+        basis[pivot] = enter;
+    }
+    // Instances of each game per class in the LP solution.
+    let mut per_class = vec![vec![0.0; games]; columns.len()];
+    for (r, &b) in basis.iter().enumerate() {
+        if b >= 1 && b < n {
+            let (t, c) = vars[b - 1];
+            for g in 0..games {
+                per_class[t][g] += tab[r][width - 1] * f64::from(c[g]);
+            }
+        }
+    }
+    (tab[rows][width - 1], per_class)
+}
+
+/// Largest prefix for which `feasible` holds, knowing `lo` is feasible; prefixes only get harder.
+fn largest_prefix(lo: usize, hi: usize, mut feasible: impl FnMut(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (lo, hi);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if feasible(mid) { lo = mid } else { hi = mid - 1 }
+    }
+    lo
+}
+
+/// Exact: can the boards (classes listed) hold `need`? Residual demand board by board; the
+/// last board is asked directly.
+fn exact_feasible(
+    models: &mut [ClassModel],
+    boards: &[usize],
+    configs: &[Vec<Vec<u32>>],
+    need: &[u32],
+) -> bool {
+    let (last, rest) = boards.split_last().expect("a rack has boards");
+    let mut frontier: HashSet<Vec<u32>> = HashSet::from([need.to_vec()]);
+    for &class in rest {
+        let mut next = HashSet::new();
+        for r in &frontier {
+            for c in &configs[class] {
+                next.insert(r.iter().zip(c).map(|(a, b)| a.saturating_sub(*b)).collect::<Vec<u32>>());
+            }
+        }
+        frontier = next;
+    }
+    frontier.iter().any(|r| models[*last].fits(r))
+}
+
+/// The best possible for a rack: LP bound, and the exact optimum on small racks.
+struct Optimum {
+    models: Vec<ClassModel>,
+    /// Boards per class (indices into `models`).
+    per_class: Vec<usize>,
+    /// Class of each board, classes with few configurations first.
+    boards: Vec<usize>,
+    /// Maximal configurations per class for the whole stream.
+    configs: Vec<Vec<Vec<u32>>>,
+}
+
+impl Optimum {
+    fn new(rack: &[BoardState], kinds: &[usize], requests: &[PlacementRequest], limit: &[u32]) -> Optimum {
+        let classes: Vec<usize> = (0..HARDWARE.len()).filter(|k| kinds.contains(k)).collect();
+        let mut models: Vec<ClassModel> = classes
+            .iter()
+            .map(|k| ClassModel::new(&rack[kinds.iter().position(|x| x == k).unwrap()], requests))
+            .collect();
+        let per_class = classes.iter().map(|k| kinds.iter().filter(|x| *x == k).count()).collect();
+        let configs = columns(&mut models, limit);
+        let mut boards: Vec<usize> =
+            kinds.iter().map(|k| classes.iter().position(|c| c == k).unwrap()).collect();
+        // Classes with few configurations first keep the residual frontier small.
+        boards.sort_by_key(|&c| configs[c].len());
+        Optimum { models, per_class, boards, configs }
+    }
+
+    /// Largest N in `lo..=hi` for which the LP relaxation can hold the first N of `stream`.
+    fn bound(&self, stream: &[usize], lo: usize, hi: usize) -> usize {
+        largest_prefix(lo, hi, |n| lp_scale(&self.configs, &self.per_class, &demand(stream, n)) >= 1.0 - 1e-7)
+    }
+
+    /// Largest N in `lo..=hi` for which some packing holds the first N of `stream`.
+    fn exact(&mut self, stream: &[usize], lo: usize, hi: usize) -> usize {
+        largest_prefix(lo, hi, |n| {
+            let need = demand(stream, n);
+            let clipped = columns(&mut self.models, &need);
+            exact_feasible(&mut self.models, &self.boards, &clipped, &need)
+        })
+    }
+}
+
+/// One scenario's figures.
+struct Figures {
+    name: String,
+    mode: &'static str,
+    boards: usize,
+    /// (label, run) of each placer.
+    runs: Vec<(&'static str, Run)>,
+    exact: Option<usize>,
+    bound: usize,
+}
+
+fn pct(part: usize, whole: usize) -> f64 {
+    if whole == 0 { 0.0 } else { 100.0 * (whole as f64 - part as f64) / whole as f64 }
+}
+
+fn us_per_call(r: &Run) -> f64 {
+    r.elapsed.as_secs_f64() * 1e6 / r.calls as f64
+}
+
+fn main() {
+    let args = parse_args();
+    let rules = class_rules();
+    for g in &GAMES {
+        let (k, _, rem) = cpu_split(g.millicores);
+        // The exact model spreads millicores evenly; with no remainder it is the packer's model.
+        assert!(
+            rem == 0 && g.millicores <= k as u32 * MILLICORES_PER_CPU,
+            "{}: millicores must divide evenly",
+            g.name
+        );
+    }
+    let requests: Vec<PlacementRequest> = GAMES.iter().map(request).collect();
+    let mut rng = Rng(args.seed);
+
+    // The 60-board rack, ids in a shuffled order of kinds (first-fit walks ids in order).
+    let mut kinds: Vec<usize> =
+        HARDWARE.iter().enumerate().flat_map(|(k, hw)| std::iter::repeat_n(k, hw.in_rack)).collect();
+    for i in (1..kinds.len()).rev() {
+        kinds.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let mut racks: Vec<(String, Vec<usize>, bool)> = vec![("rack-60".into(), kinds, false)];
+    racks.extend(SMALL_RACKS.iter().map(|(name, kinds)| (name.to_string(), kinds.to_vec(), true)));
+
+    let mut figures = Vec::new();
+    for (rack_name, kinds, small) in &racks {
+        let rack = build_rack(kinds, &rules);
+        // Every instance takes an encoder slot, so no rack holds a stream this long.
+        let len = 1 + rack.iter().map(|b| b.capacity.encoder_slots as usize).sum::<usize>();
+        for (mix, weights) in &MIXES {
+            // Games no board of this rack can run are never sent here (the broker knows).
+            let weights: [u32; 6] = std::array::from_fn(|g| {
+                let empty = |b: &BoardState| BoardState { placed: vec![], ..b.clone() };
+                let runs =
+                    rack.iter().any(|b| packing::place(&[empty(b)], &requests[g], Policy::FillFirst).is_ok());
+                if runs { weights[g] } else { 0 }
+            });
+            let target = smooth(&weights, len);
+            let streams: usize = std::env::var("STREAMS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+            let all_arrivals: Vec<Vec<usize>> =
+                (0..streams).map(|_| shuffled(&weights, len, &mut rng)).collect();
+            let arrivals = all_arrivals[0].clone();
+            let limit: Vec<u32> = (0..GAMES.len())
+                .map(|g| {
+                    all_arrivals.iter().map(|a| demand(a, len)[g]).max().unwrap().max(demand(&target, len)[g])
+                })
+                .collect();
+            let mut optimum = Optimum::new(&rack, kinds, &requests, &limit);
+
+            let bound = optimum.bound(&target, 0, len);
+            let (_, lp) = lp_solve(&optimum.configs, &optimum.per_class, &demand(&target, bound));
+            let classes: Vec<usize> = (0..HARDWARE.len()).filter(|k| kinds.contains(k)).collect();
+            let class_of_board: Vec<usize> =
+                kinds.iter().map(|k| classes.iter().position(|c| c == k).unwrap()).collect();
+            GUIDE.with(|g| *g.borrow_mut() = (class_of_board, lp));
+            let runs = vec![
+                ("guided", batch_best(&rack, &requests, &target, bound, Batching::Guided(Policy::FillFirst))),
+                ("fill", batch_best(&rack, &requests, &target, bound, Batching::Sorted(Policy::FillFirst))),
+                ("spread", batch_best(&rack, &requests, &target, bound, Batching::Sorted(Policy::Spread))),
+                (
+                    "fill-in-order",
+                    batch_best(&rack, &requests, &target, bound, Batching::InOrder(Policy::FillFirst)),
+                ),
+                ("first-fit", batch_best(&rack, &requests, &target, bound, Batching::FirstFit)),
+            ];
+            let best = runs.iter().map(|r| r.1.placed).max().unwrap_or(0);
+            let exact = small.then(|| optimum.exact(&target, best, bound));
+            figures.push(Figures {
+                name: format!("{rack_name}/{mix}"),
+                mode: "target mix",
+                boards: rack.len(),
+                runs,
+                exact,
+                bound,
+            });
+
+            for (si, arrivals) in all_arrivals.iter().enumerate() {
+                let runs = vec![
+                    ("fill", online(&rack, &requests, arrivals, Strategy::Packer(Policy::FillFirst))),
+                    ("spread", online(&rack, &requests, arrivals, Strategy::Packer(Policy::Spread))),
+                    ("first-fit", online(&rack, &requests, arrivals, Strategy::FirstFit)),
+                ];
+                let best = runs.iter().map(|r| r.1.placed).max().unwrap_or(0);
+                let bound = optimum.bound(arrivals, best, len);
+                let exact = small.then(|| optimum.exact(arrivals, best, bound));
+                figures.push(Figures {
+                    name: format!("{rack_name}/{mix}/{si}"),
+                    mode: "online",
+                    boards: rack.len(),
+                    runs,
+                    exact,
+                    bound,
+                });
+            }
+        }
+    }
+    for mode in ["target mix", "online"] {
+        print_table(mode, figures.iter().filter(|f| f.mode == mode));
+    }
+    let out = json!({
+        "benchmark": "packing",
+        "seed": args.seed,
+        "metrics": {
+            "target mix": "largest N such that the first N instances of the mix (smooth round-robin), placed as one batch, all fit",
+            "online": "instances of a shuffled stream placed in arrival order before the first that fits nowhere",
+        },
+        "games": GAMES.iter().map(|g| json!({
+            "name": g.name, "millicores": g.millicores, "memory_mib": g.memory_mib, "gpu_slots": g.gpu_slots,
+            "encoder_slots": g.encoder_slots, "pinning": if g.big { "big" } else { "any" }, "archs": g.archs,
+            "gpu_kind": g.gpu_kind,
+        })).collect::<Vec<_>>(),
+        "hardware": HARDWARE.iter().map(|h| json!({
+            "class": h.kind, "arch": h.arch, "memory_mib": h.memory_mib, "cpus": h.cpus, "in_rack_60": h.in_rack,
+        })).collect::<Vec<_>>(),
+        "mixes": MIXES.iter().map(|(name, w)| json!({ "name": name, "weights": w })).collect::<Vec<_>>(),
+        "scenarios": figures.iter().map(figures_json).collect::<Vec<_>>(),
+    });
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).expect("create the output directory");
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&out).expect("JSON")).expect("write the results");
+    println!("wrote {}", args.out.display());
+}
+
+fn print_table<'a>(mode: &str, figures: impl Iterator<Item = &'a Figures>) {
+    let figures: Vec<&Figures> = figures.collect();
+    let labels: Vec<&str> = figures[0].runs.iter().map(|r| r.0).collect();
+    println!(
+        "\n{mode}: instances placed; gap = (reference - placed) / reference, the reference being the exact optimum where shown, else the LP bound"
+    );
+    print!("{:<20} {:>6}", "scenario", "boards");
+    for l in &labels {
+        print!(" {l:>13}");
+    }
+    println!(" {:>8} {:>6} {:>9} {:>8}", "optimum", "bound", "fill gap", "us/place");
+    for f in figures {
+        let reference = f.exact.unwrap_or(f.bound);
+        print!("{:<20} {:>6}", f.name, f.boards);
+        for (_, run) in &f.runs {
+            print!(" {:>13}", format!("{} ({:.1}%)", run.placed, pct(run.placed, reference)));
+        }
+        println!(
+            " {:>8} {:>6} {:>8.1}% {:>8.1}",
+            f.exact.map_or("-".to_string(), |e| e.to_string()),
+            f.bound,
+            pct(f.runs[0].1.placed, reference),
+            us_per_call(&f.runs[0].1)
+        );
+    }
+}
+
+fn figures_json(f: &Figures) -> Value {
+    let reference = f.exact.unwrap_or(f.bound);
+    let runs: serde_json::Map<String, Value> = f
+        .runs
+        .iter()
+        .map(|(label, r)| {
+            let v = json!({ "placed": r.placed, "gap_pct": pct(r.placed, reference), "us_per_place": us_per_call(r) });
+            (label.to_string(), v)
+        })
+        .collect();
+    json!({
+        "scenario": f.name,
+        "mode": f.mode,
+        "boards": f.boards,
+        "placers": runs,
+        "exact_optimum": f.exact,
+        "lp_bound": f.bound,
+        "gap_reference": if f.exact.is_some() { "exact optimum" } else { "LP upper bound" },
+    })
+}

@@ -186,6 +186,7 @@ impl Agent {
         let specs: HashMap<&str, &InstanceSpec> =
             desired.instances.iter().map(|s| (s.id.as_str(), s)).collect();
         self.observe(&specs, &owned).await;
+        self.forget_old_failures();
         let mut wake_for_reset = None;
         for (spec, container_id) in self.resets_due(&specs, &owned) {
             if !self.fast_reset(spec, &container_id).await {
@@ -362,6 +363,21 @@ impl Agent {
         self.register_failure(instance);
     }
 
+    /// Drops failures older than the crash window, so an instance that stopped failing leaves
+    /// its crash loop.
+    fn forget_old_failures(&mut self) {
+        let now = Instant::now();
+        for (id, record) in self.records.iter_mut() {
+            while record.failures.front().is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW) {
+                record.failures.pop_front();
+            }
+            if record.crash_loop && record.failures.len() < CRASH_LOOP_THRESHOLD {
+                tracing::info!(instance = %id, "crash loop over");
+                record.crash_loop = false;
+            }
+        }
+    }
+
     /// Counts a crash or failed attempt: sets the backoff and detects crash loops.
     fn register_failure(&mut self, instance: &str) {
         let now = Instant::now();
@@ -409,7 +425,12 @@ impl Agent {
                     record.restarts += 1;
                     self.parts.metrics.restarts.inc();
                 } else {
-                    // A fresh container has nothing to reset.
+                    // A fresh container starts with a clean slate: no crash history, nothing to reset.
+                    record.failures.clear();
+                    record.crash_loop = false;
+                    record.not_before = None;
+                    record.last_exit = None;
+                    record.restarts = 0;
                     record.reset_epoch = Some(spec.reset_epoch);
                     if let Err(err) = self.parts.store.set_reset_epoch(&instance, spec.reset_epoch) {
                         tracing::error!(error = %err, "cannot record the reset epoch");

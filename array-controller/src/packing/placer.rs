@@ -9,7 +9,7 @@ use std::fmt;
 use api::instance::InstancePorts;
 use api::rack::Pinning;
 
-use super::resources::{self, BoardUsage, PORTS_PER_INSTANCE};
+use super::resources::{self, BoardCapacity, BoardUsage, PORTS_PER_INSTANCE};
 use super::{BoardState, Placement, PlacementRequest};
 
 /// How boards are chosen among those that fit.
@@ -104,10 +104,11 @@ pub struct Batch {
 
 /// Places one instance: the board the policy prefers among those that fit, with its resources.
 pub fn place(boards: &[BoardState], request: &PlacementRequest, policy: Policy) -> Result<Placement, NoFit> {
+    let scale = scale(boards);
     let mut best: Option<(Load, Placement)> = None;
     let mut rejected = Vec::new();
     for board in boards {
-        match fit(board, request) {
+        match fit(board, request, &scale) {
             Ok((placement, load)) => {
                 if best.as_ref().is_none_or(|(l, _)| load.beats(*l, policy)) {
                     best = Some((load, placement));
@@ -142,43 +143,29 @@ pub fn place_many(
     Batch { placed, failure: None }
 }
 
-/// Places the instances of several requests (a target mix, such as every deployment's missing
-/// instances). Requests that may run on fewer boards go first, so flexible ones do not take
-/// the only boards the others can use. Requests that may run on the same number of boards are
+/// Places the instances of several requests at once (a target mix, such as every deployment's
+/// missing instances). Requests that may run on fewer boards go first, so flexible ones do not
+/// take the only boards the others can use. Requests that may run on as many boards are
 /// interleaved in proportion to their counts (a smooth weighted round-robin), so each board
-/// gets a mix that uses its resources evenly rather than running out of one. Returns one
-/// [`Batch`] per request, in the order given.
-pub fn place_all(
-    boards: &mut [BoardState],
-    demand: &[(PlacementRequest, usize)],
-    policy: Policy,
-) -> Vec<Batch> {
+/// gets a mix that uses its resources evenly rather than running out of one early. A request
+/// that fits nowhere stops; the others go on. Returns one [`Batch`] per request, in the order
+/// given.
+pub fn place_all(boards: &mut [BoardState], demand: &[(PlacementRequest, usize)], policy: Policy) -> Vec<Batch> {
     let eligible: Vec<usize> =
         demand.iter().map(|(req, _)| boards.iter().filter(|b| admits(b, req).is_ok()).count()).collect();
-    let mut tiers: Vec<usize> = eligible.clone();
+    let mut tiers = eligible.clone();
     tiers.sort_unstable();
     tiers.dedup();
     let mut batches = vec![Batch { placed: Vec::new(), failure: None }; demand.len()];
-    let interleave = std::env::var("INTERLEAVE").map(|v| v != "0").unwrap_or(true);
+    let mut credit = vec![0i64; demand.len()];
     for tier in tiers {
-        let members: Vec<usize> = (0..demand.len()).filter(|&i| eligible[i] == tier).collect();
-        if !interleave {
-            let mut m = members.clone();
-            m.sort_by(|&a, &b| size(&demand[b].0, boards).total_cmp(&size(&demand[a].0, boards)));
-            for i in m {
-                batches[i] = place_many(boards, &demand[i].0, demand[i].1, policy);
-            }
-            continue;
-        }
-        let total: i64 = members.iter().map(|&i| demand[i].1 as i64).sum();
-        let mut credit = vec![0i64; demand.len()];
-        let mut open: Vec<usize> = members.into_iter().filter(|&i| demand[i].1 > 0).collect();
+        let mut open: Vec<usize> = (0..demand.len()).filter(|&i| eligible[i] == tier && demand[i].1 > 0).collect();
+        let total: i64 = open.iter().map(|&i| demand[i].1 as i64).sum();
         while !open.is_empty() {
             for &i in &open {
                 credit[i] += demand[i].1 as i64;
             }
-            let &next =
-                open.iter().max_by_key(|&&i| (credit[i], std::cmp::Reverse(i))).expect("open is not empty");
+            let next = *open.iter().max_by_key(|&&i| (credit[i], std::cmp::Reverse(i))).expect("open is not empty");
             credit[next] -= total;
             match place(boards, &demand[next].0, policy) {
                 Ok(p) => {
@@ -193,19 +180,6 @@ pub fn place_all(
         }
     }
     batches
-}
-
-/// The request's largest share of any resource of the biggest board it may run on.
-fn size(req: &PlacementRequest, eligible: &[BoardState]) -> f64 {
-    let most = |f: fn(&BoardState) -> u64| eligible.iter().map(f).max().unwrap_or(0).max(1) as f64;
-    [
-        f64::from(req.millicores) / most(|b| u64::from(b.capacity.millicores)),
-        req.memory_mib as f64 / most(|b| b.capacity.memory_mib),
-        f64::from(req.gpu_slots) / most(|b| u64::from(b.capacity.gpu_slots)),
-        f64::from(req.encoder_slots) / most(|b| u64::from(b.capacity.encoder_slots)),
-    ]
-    .into_iter()
-    .fold(0.0, f64::max)
 }
 
 /// Whether the board may ever run the request, whatever it runs now: cordon, readiness,
@@ -235,7 +209,7 @@ fn admits(board: &BoardState, req: &PlacementRequest) -> Result<(), Reason> {
 }
 
 /// The placement on `board` and the board's load, or why the board cannot take the instance.
-fn fit(board: &BoardState, req: &PlacementRequest) -> Result<(Placement, Load), Reason> {
+fn fit(board: &BoardState, req: &PlacementRequest, scale: &Scale) -> Result<(Placement, Load), Reason> {
     admits(board, req)?;
     let usage = BoardUsage::of(&board.placed);
     if let Some(aa) = &req.anti_affinity {
@@ -282,57 +256,69 @@ fn fit(board: &BoardState, req: &PlacementRequest) -> Result<(Placement, Load), 
         ports: InstancePorts { adb: ports[0], stream: ports[1] },
         group: req.anti_affinity.as_ref().map(|aa| aa.key.clone()),
     };
-    Ok((placement, Load::of(board, &usage, req)))
+    Ok((placement, Load::of(board, &usage, req, scale)))
 }
 
-/// How loaded a board is, as its dominant share: the largest fraction of any resource (CPU,
-/// memory, GPU slots, encoder slots, host ports) in use, before and after placing the instance.
+/// What the policies compare: how loaded a board is now, and how much it has left after
+/// placing the instance.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Load {
-    before: f64,
-    after: f64,
+    /// Dominant share in use now: the largest fraction of any resource (CPU, memory, GPU slots,
+    /// encoder slots, host ports) of this board.
+    now: f64,
+    /// What is left after placing, in absolute terms: the largest amount left of CPU, memory,
+    /// GPU or encoder slots, as a fraction of the most any board of the rack has of it.
+    left: f64,
+}
+
+/// The most any board has of each resource; zero when no board has any.
+type Scale = [f64; 5];
+
+fn amounts(cap: &BoardCapacity) -> [u64; 5] {
+    [u64::from(cap.millicores), cap.memory_mib, u64::from(cap.gpu_slots), u64::from(cap.encoder_slots), cap.ports.len() as u64]
+}
+
+fn scale(boards: &[BoardState]) -> Scale {
+    let mut scale = [0.0; 5];
+    for b in boards {
+        for (s, a) in scale.iter_mut().zip(amounts(&b.capacity)) {
+            *s = f64::max(*s, a as f64);
+        }
+    }
+    scale
 }
 
 impl Load {
-    fn of(board: &BoardState, usage: &BoardUsage, req: &PlacementRequest) -> Load {
-        let cap = &board.capacity;
-        let dominant = |k: u64| {
-            let share = |used: u64, need: u64, cap: u64| {
-                if cap == 0 { 0.0 } else { (used + k * need) as f64 / cap as f64 }
-            };
-            [
-                share(u64::from(usage.millicores), u64::from(req.millicores), u64::from(cap.millicores)),
-                share(usage.memory_mib, req.memory_mib, cap.memory_mib),
-                share(u64::from(usage.gpu_slots), u64::from(req.gpu_slots), u64::from(cap.gpu_slots)),
-                share(
-                    u64::from(usage.encoder_slots),
-                    u64::from(req.encoder_slots),
-                    u64::from(cap.encoder_slots),
-                ),
-                share(usage.ports.len() as u64, PORTS_PER_INSTANCE as u64, cap.ports.len() as u64),
-            ]
-            .into_iter()
-            .fold(0.0, f64::max)
-        };
-        Load { before: dominant(0), after: dominant(1) }
+    fn of(board: &BoardState, usage: &BoardUsage, req: &PlacementRequest, scale: &Scale) -> Load {
+        let cap = amounts(&board.capacity);
+        let used = [
+            u64::from(usage.millicores),
+            usage.memory_mib,
+            u64::from(usage.gpu_slots),
+            u64::from(usage.encoder_slots),
+            usage.ports.len() as u64,
+        ];
+        let need =
+            [u64::from(req.millicores), req.memory_mib, u64::from(req.gpu_slots), u64::from(req.encoder_slots), 2];
+        let mut load = Load { now: 0.0, left: 0.0 };
+        for d in 0..5 {
+            if cap[d] > 0 {
+                load.now = load.now.max(used[d] as f64 / cap[d] as f64);
+                // Host ports are not a size: every board tends to have the same range.
+                if d < 4 {
+                    load.left = load.left.max(cap[d].saturating_sub(used[d] + need[d]) as f64 / scale[d]);
+                }
+            }
+        }
+        load
     }
 
-    /// True when `self` is the better board under `policy`. Fill-first: the fullest board, and
-    /// among equally full ones (empty ones, typically) the one the instance fills most, so big
-    /// boards stay free for big instances. Spread: the least loaded, then the one the instance
-    /// fills least.
+    /// True when `self` is a better board than `other` under `policy` (ties keep the board
+    /// listed first).
     fn beats(self, other: Load, policy: Policy) -> bool {
-        let v = std::env::var("SCORE").unwrap_or_default();
-        let key = |l: Load| match (policy, v.as_str()) {
-            (Policy::FillFirst, "A") => (l.before, 0.0),
-            (Policy::Spread, "A") => (-l.before, 0.0),
-            (Policy::FillFirst, "C") => (l.after, 0.0),
-            (Policy::Spread, "C") => (-l.after, 0.0),
-            (Policy::FillFirst, "D") => (l.before, -l.after),
-            (Policy::Spread, "D") => (-l.before, l.after),
-            (Policy::FillFirst, _) => (l.before, l.after),
-            (Policy::Spread, _) => (-l.before, -l.after),
-        };
-        key(self) > key(other)
+        match policy {
+            Policy::FillFirst => self.left < other.left,
+            Policy::Spread => self.now < other.now,
+        }
     }
 }

@@ -89,10 +89,8 @@ impl Rack {
             Err(RackError::Conflict { code: "no_ready_instance", .. }) => "no_ready_instance",
             Err(_) => "error",
         });
-        if result.is_ok() {
-            // A claimed instance leaves the warm pool; the reconciler may need to act.
-            self.pools_changed.notify_one();
-        }
+        // A claim changes no pool's size (claimed instances count towards it): the reconciler
+        // is not woken, which keeps claims cheap.
         result
     }
 
@@ -136,7 +134,6 @@ impl Rack {
             end_claim(w, key, ClaimState::Released)?;
             claim_view(&w.tx, key)?.ok_or_else(|| RackError::not_found("claim", key))
         })?;
-        self.pools_changed.notify_one();
         Ok(view)
     }
 

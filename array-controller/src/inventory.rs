@@ -202,8 +202,17 @@ impl Rack {
                     .get_or_create(&crate::metrics::StateLabels { state: state.as_str().into() })
                     .set(n);
             }
-            Ok(())
-        })
+            Ok::<_, RackError>(())
+        })?;
+        // Rows are read under the lock; the packer's arithmetic runs outside it.
+        let (boards, instances) = self.db.read(|conn| {
+            Ok::<_, RackError>((rows::boards(conn)?, rows::instances_where(conn, "1 = 1", [])?))
+        })?;
+        let view = crate::placement::rack_view(&boards, &instances, &self.config.classes);
+        for (resource, ratio) in crate::placement::utilisation(&view) {
+            self.metrics.utilisation.get_or_create(&crate::metrics::ResourceLabels { resource: resource.into() }).set(ratio);
+        }
+        Ok(())
     }
 }
 

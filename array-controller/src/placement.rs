@@ -70,3 +70,27 @@ pub fn place(
         unplaced_reasons: batch.failure.map(|f| vec![f.to_string()]).unwrap_or_default(),
     })
 }
+
+/// Share of the allocatable resources of schedulable boards that is placed, per resource.
+pub fn utilisation(view: &[BoardState]) -> [(&'static str, f64); 4] {
+    let mut capacity = [0f64; 4];
+    let mut used = [0f64; 4];
+    for board in view.iter().filter(|b| b.schedulable && !b.cordoned) {
+        let usage = packing::BoardUsage::of(&board.placed);
+        let c = &board.capacity;
+        for (i, (cap, use_)) in [
+            (f64::from(c.millicores), f64::from(usage.millicores)),
+            (c.memory_mib as f64, usage.memory_mib as f64),
+            (f64::from(c.gpu_slots), f64::from(usage.gpu_slots)),
+            (f64::from(c.encoder_slots), f64::from(usage.encoder_slots)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            capacity[i] += cap;
+            used[i] += use_;
+        }
+    }
+    let ratio = |i: usize| if capacity[i] > 0.0 { used[i] / capacity[i] } else { 0.0 };
+    [("millicores", ratio(0)), ("memory", ratio(1)), ("gpu_slots", ratio(2)), ("encoder_slots", ratio(3))]
+}

@@ -17,6 +17,14 @@ impl Rack {
         let deployments = self.db.read(rows::deployments)?;
         for (id, spec) in deployments {
             self.write(|w| {
+                // The common case, a pool at its size, costs one indexed count.
+                let live_count: i64 = w.tx.prepare_cached(
+                    "SELECT count(*) FROM instances WHERE deployment_id = ?1 AND state NOT IN ('terminating', 'draining')",
+                )?
+                .query_row([&id], |r| r.get(0))?;
+                if live_count as usize == spec.pool_size as usize {
+                    return Ok(());
+                }
                 let instances = rows::instances_where(&w.tx, "deployment_id = ?1", [&id])?;
                 let live: Vec<&InstanceRow> = instances
                     .iter()

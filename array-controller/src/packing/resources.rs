@@ -175,11 +175,12 @@ pub fn choose_cpus(
         let mut rich: Vec<u32> = candidates.iter().filter(|c| c.2 > share).map(|c| c.0).collect();
         rich.sort_unstable();
         let first: Vec<u32> = rich.into_iter().take(rem as usize).collect();
-        let top = *first.last()?;
         if first.len() < rem as usize {
             return None;
         }
-        let rest = candidates.iter().filter(|c| c.0 > top && !first.contains(&c.0)).take(k - first.len());
+        // `rem` is not 0 here: with no remainder the preferred set always fits.
+        let top = *first.last()?;
+        let rest = candidates.iter().filter(|c| c.0 > top).take(k - first.len());
         let set: Vec<_> = candidates.iter().filter(|c| first.contains(&c.0)).chain(rest).copied().collect();
         if set.len() < k || !fits(&set) {
             return None;

@@ -224,7 +224,7 @@ fn arb_ops() -> impl Strategy<Value = Vec<Op>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
     fn random_racks_are_never_overcommitted_and_place_is_complete(mut boards in arb_rack(), ops in arb_ops()) {
@@ -289,6 +289,31 @@ proptest! {
         prop_assert_eq!(batch.failure.is_none(), placed.len() == n);
         prop_assert_eq!(batch.placed, placed);
         prop_assert_eq!(many, one);
+    }
+
+    #[test]
+    fn place_all_never_overcommits_and_respects_constraints(
+        mut boards in arb_rack(),
+        demand in prop::collection::vec((arb_request(), 0usize..8), 0..5),
+        spread in any::<bool>(),
+    ) {
+        let policy = if spread { Policy::Spread } else { Policy::FillFirst };
+        let before = boards.clone();
+        let batches = place_all(&mut boards, &demand, policy);
+        prop_assert_eq!(batches.len(), demand.len());
+        for ((req, count), batch) in demand.iter().zip(&batches) {
+            prop_assert_eq!(batch.failure.is_none(), batch.placed.len() == *count);
+            for p in &batch.placed {
+                let b = boards.iter().find(|b| b.id == p.board_id).expect("a board of the rack");
+                prop_assert!(!b.cordoned && b.schedulable && req.archs.contains(&b.arch));
+                prop_assert!(req.gpu_kind.as_ref().is_none_or(|k| b.gpu_kind.as_ref() == Some(k)));
+            }
+        }
+        for (b, old) in boards.iter().zip(&before) {
+            prop_assert!(check_board(b).is_ok(), "{}", check_board(b).unwrap_err());
+            let added = b.placed.len() - old.placed.len();
+            prop_assert_eq!(added, batches.iter().flat_map(|x| &x.placed).filter(|p| p.board_id == b.id).count());
+        }
     }
 
     #[test]

@@ -2,27 +2,37 @@
 //! and writes them as JSON.
 //!
 //! A mixed rack of 60 boards (rk3588 16 GiB and 8 GiB, rk3568 4 GiB, x86 MEC servers), each
-//! classified by `[[class]]` rules as the controller does, receives a stream of instances of six
-//! games (different millicores, memory, GPU and encoder needs; two aarch64-only, one x86-only,
-//! one big-pinned needing a Mali G610). The stream follows a target mix, in random order or
-//! deployment by deployment, and is longer than the rack could ever hold.
+//! classified by `[[class]]` rules as the controller does, and six games with different
+//! millicores, memory, GPU and encoder needs (two aarch64-only, one x86-only, one pinned to big
+//! cores and needing a Mali G610). Demand follows a mix of the games (four mixes); the streams
+//! are longer than the rack could ever hold (every instance takes an encoder slot).
 //!
-//! **Metric**: instances of the stream placed before the first one that fits nowhere (the
-//! largest prefix placed). The optimum is the largest prefix that can be packed at all, with
-//! every choice made knowing the whole prefix. Compared:
-//! - the packer with `FillFirst` and with `Spread`;
-//! - a first-fit baseline: boards in id order, the first that fits (same CPU model);
-//! - small racks (3-4 boards): the exact optimum, by enumerating every maximal set of
-//!   instances one board of each class can hold (exact, including the cpuset search) and a
-//!   search over the residual demand board by board;
-//! - every rack: an upper bound from the configuration LP (choose, per class, how many boards
-//!   hold each maximal set, fractionally). On small racks it is shown next to the exact optimum,
-//!   which says how loose it is.
+//! Two measures, each "how far into the demand the placer gets":
+//! - **target mix**: the largest N such that the first N instances of the mix (a smooth
+//!   round-robin, so every N is the mix at that size) are all placed when handed over as one
+//!   batch, as the pool reconciler can do with every deployment's missing instances
+//!   (`place_all`). Also shown: the same batch placed deployment by deployment in the listed
+//!   order (`place_many`), and first fit.
+//! - **online**: a shuffled stream placed one instance at a time in arrival order, with no
+//!   look-ahead, until one fits nowhere; summed over `--streams` streams.
 //!
-//! Also: microseconds per `place` call on the 60-board rack.
+//! Placers: the packer with `FillFirst` and with `Spread`; a first-fit baseline (boards in id
+//! order, the first that fits, same CPU model; ids are shuffled across classes).
+//!
+//! The best possible, on the same demand:
+//! - small racks (3-4 boards): the exact optimum. Every maximal set of instances one board of
+//!   each class can hold is enumerated (exactly, including the search for cpusets), then a
+//!   search over the residual demand board by board.
+//! - every rack: an upper bound from the configuration LP (boards of each class hold a
+//!   fractional mix of maximal sets). On the small racks it can be compared with the exact
+//!   optimum. On the 60-board rack the LP solution is also rounded down and the rest placed by
+//!   the packer on the boards left over: a packing that exists, so a lower bound on the optimum.
+//!   The optimum lies between the two.
+//!
+//! Also: microseconds per `place` call, over whole runs on the 60-board rack.
 //!
 //! ```text
-//! cargo run --release -p e2e --bin bench_packing -- [--out PATH] [--seed N]
+//! cargo run --release -p e2e --bin bench_packing -- [--out PATH] [--seed N] [--streams N]
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -68,43 +78,12 @@ struct Hardware {
     in_rack: usize,
 }
 
+#[rustfmt::skip]
 const HARDWARE: [Hardware; 4] = [
-    Hardware {
-        kind: "rk3588-16g",
-        arch: "aarch64",
-        soc: Some("rockchip,rk3588"),
-        memory_mib: 15_740,
-        cpus: 8,
-        little: Some(4),
-        in_rack: 24,
-    },
-    Hardware {
-        kind: "rk3588-8g",
-        arch: "aarch64",
-        soc: Some("rockchip,rk3588"),
-        memory_mib: 7_820,
-        cpus: 8,
-        little: Some(4),
-        in_rack: 18,
-    },
-    Hardware {
-        kind: "rk3568-4g",
-        arch: "aarch64",
-        soc: Some("rockchip,rk3568"),
-        memory_mib: 3_900,
-        cpus: 4,
-        little: None,
-        in_rack: 14,
-    },
-    Hardware {
-        kind: "x86-mec",
-        arch: "x86_64",
-        soc: None,
-        memory_mib: 64_000,
-        cpus: 32,
-        little: None,
-        in_rack: 4,
-    },
+    Hardware { kind: "rk3588-16g", arch: "aarch64", soc: Some("rockchip,rk3588"), memory_mib: 15_740, cpus: 8, little: Some(4), in_rack: 24 },
+    Hardware { kind: "rk3588-8g", arch: "aarch64", soc: Some("rockchip,rk3588"), memory_mib: 7_820, cpus: 8, little: Some(4), in_rack: 18 },
+    Hardware { kind: "rk3568-4g", arch: "aarch64", soc: Some("rockchip,rk3568"), memory_mib: 3_900, cpus: 4, little: None, in_rack: 14 },
+    Hardware { kind: "x86-mec", arch: "x86_64", soc: None, memory_mib: 64_000, cpus: 32, little: None, in_rack: 4 },
 ];
 
 /// One game's instance profile and constraints.
@@ -123,67 +102,14 @@ const ARM: &[&str] = &["aarch64"];
 const X86: &[&str] = &["x86_64"];
 const BOTH: &[&str] = &["aarch64", "x86_64"];
 
+#[rustfmt::skip]
 const GAMES: [Game; 6] = [
-    Game {
-        name: "idle",
-        millicores: 250,
-        memory_mib: 768,
-        gpu_slots: 0,
-        encoder_slots: 1,
-        big: false,
-        archs: BOTH,
-        gpu_kind: None,
-    },
-    Game {
-        name: "puzzle",
-        millicores: 500,
-        memory_mib: 1024,
-        gpu_slots: 1,
-        encoder_slots: 1,
-        big: false,
-        archs: BOTH,
-        gpu_kind: None,
-    },
-    Game {
-        name: "runner",
-        millicores: 1000,
-        memory_mib: 1536,
-        gpu_slots: 1,
-        encoder_slots: 1,
-        big: false,
-        archs: ARM,
-        gpu_kind: None,
-    },
-    Game {
-        name: "rpg",
-        millicores: 1500,
-        memory_mib: 2560,
-        gpu_slots: 2,
-        encoder_slots: 1,
-        big: false,
-        archs: BOTH,
-        gpu_kind: None,
-    },
-    Game {
-        name: "moba",
-        millicores: 2000,
-        memory_mib: 3072,
-        gpu_slots: 2,
-        encoder_slots: 2,
-        big: true,
-        archs: ARM,
-        gpu_kind: Some("mali-g610"),
-    },
-    Game {
-        name: "shooter",
-        millicores: 3000,
-        memory_mib: 4096,
-        gpu_slots: 3,
-        encoder_slots: 2,
-        big: false,
-        archs: X86,
-        gpu_kind: None,
-    },
+    Game { name: "idle", millicores: 250, memory_mib: 768, gpu_slots: 0, encoder_slots: 1, big: false, archs: BOTH, gpu_kind: None },
+    Game { name: "puzzle", millicores: 500, memory_mib: 1024, gpu_slots: 1, encoder_slots: 1, big: false, archs: BOTH, gpu_kind: None },
+    Game { name: "runner", millicores: 1000, memory_mib: 1536, gpu_slots: 1, encoder_slots: 1, big: false, archs: ARM, gpu_kind: None },
+    Game { name: "rpg", millicores: 1500, memory_mib: 2560, gpu_slots: 2, encoder_slots: 1, big: false, archs: BOTH, gpu_kind: None },
+    Game { name: "moba", millicores: 2000, memory_mib: 3072, gpu_slots: 2, encoder_slots: 2, big: true, archs: ARM, gpu_kind: Some("mali-g610") },
+    Game { name: "shooter", millicores: 3000, memory_mib: 4096, gpu_slots: 3, encoder_slots: 2, big: false, archs: X86, gpu_kind: None },
 ];
 
 /// Target mixes: relative weights of the games above.
@@ -201,19 +127,26 @@ const SMALL_RACKS: [(&str, &[usize]); 3] =
 struct Args {
     out: PathBuf,
     seed: u64,
+    streams: usize,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { out: "bench-results/packing.json".into(), seed: 2026 };
+    let mut args = Args { out: "bench-results/packing.json".into(), seed: 2026, streams: 5 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
         match flag.as_str() {
             "--out" => args.out = value().into(),
             "--seed" => args.seed = value().parse().unwrap_or_else(|_| usage("--seed takes a number")),
+            "--streams" => {
+                args.streams = value().parse().unwrap_or_else(|_| usage("--streams takes a number"))
+            }
             "-h" | "--help" => usage(""),
             other => usage(&format!("unknown argument {other}")),
         }
+    }
+    if args.streams == 0 {
+        usage("--streams must be at least 1");
     }
     args
 }
@@ -222,7 +155,9 @@ fn usage(problem: &str) -> ! {
     if !problem.is_empty() {
         eprintln!("bench_packing: {problem}");
     }
-    eprintln!("usage: bench_packing [--out PATH (bench-results/packing.json)] [--seed N (2026)]");
+    eprintln!(
+        "usage: bench_packing [--out PATH (bench-results/packing.json)] [--seed N (2026)] [--streams N (5)]"
+    );
     std::process::exit(if problem.is_empty() { 0 } else { 2 });
 }
 
@@ -357,11 +292,24 @@ enum Strategy {
     FirstFit,
 }
 
-/// One run: instances placed, `place` calls and time spent in them.
+/// One placer's figures: instances placed, and `place` calls and the time spent in them.
+#[derive(Default)]
 struct Run {
     placed: usize,
     calls: usize,
     elapsed: Duration,
+}
+
+impl Run {
+    fn add(&mut self, other: &Run) {
+        self.placed += other.placed;
+        self.calls += other.calls;
+        self.elapsed += other.elapsed;
+    }
+
+    fn us_per_place(&self) -> f64 {
+        self.elapsed.as_secs_f64() * 1e6 / self.calls.max(1) as f64
+    }
 }
 
 fn place_one(boards: &mut [BoardState], req: &PlacementRequest, strategy: Strategy) -> bool {
@@ -400,107 +348,27 @@ fn online(rack: &[BoardState], requests: &[PlacementRequest], stream: &[usize], 
 
 #[derive(Clone, Copy)]
 enum Batching {
-    /// `place_all`: most constrained game first, largest first.
-    Sorted(Policy),
-    /// `place_many` game by game in the listed order.
+    /// `place_all`: most constrained games first, the rest interleaved.
+    All(Policy),
+    /// `place_many` game by game, in the listed order.
     InOrder(Policy),
     /// Game by game in the listed order, first fit.
     FirstFit,
-    /// Experiment: classes steered by LP targets.
-    Guided(Policy),
 }
 
-thread_local! {
-    static GUIDE: std::cell::RefCell<(Vec<usize>, Vec<Vec<f64>>)> = Default::default();
-}
-
-fn guided(
-    boards: &mut [BoardState],
-    requests: &[PlacementRequest],
-    counts: &[u32],
-    policy: Policy,
-    guide: (Vec<usize>, Vec<Vec<f64>>),
-) -> usize {
-    let (class_of_board, lp) = guide;
-    let (_, targets) = (0, lp);
-    let scale = {
-        let t: f64 = targets.iter().flatten().sum();
-        let c: f64 = counts.iter().map(|&c| f64::from(c)).sum();
-        if t > 0.0 { c / t } else { 1.0 }
-    };
-    let mut placed_per = vec![vec![0.0f64; requests.len()]; targets.len()];
-    let demand: Vec<(PlacementRequest, usize)> =
-        requests.iter().cloned().zip(counts.iter().map(|&c| c as usize)).collect();
-    let mut total = 0;
-    // same order as place_all: tiers by eligible count, interleaved
-    let eligible: Vec<usize> = requests
-        .iter()
-        .map(|r| {
-            boards
-                .iter()
-                .filter(|b| {
-                    packing::place(&[BoardState { placed: vec![], ..(*b).clone() }], r, Policy::FillFirst)
-                        .is_ok()
-                })
-                .count()
-        })
-        .collect();
-    let mut tiers = eligible.clone();
-    tiers.sort();
-    tiers.dedup();
-    for tier in tiers {
-        let members: Vec<usize> =
-            (0..requests.len()).filter(|&i| eligible[i] == tier && counts[i] > 0).collect();
-        let tot: i64 = members.iter().map(|&i| counts[i] as i64).sum();
-        let mut credit = vec![0i64; requests.len()];
-        let mut done = vec![0usize; requests.len()];
-        let mut open = members.clone();
-        while !open.is_empty() {
-            for &i in &open {
-                credit[i] += counts[i] as i64;
-            }
-            let &g = open.iter().max_by_key(|&&i| (credit[i], std::cmp::Reverse(i))).unwrap();
-            credit[g] -= tot;
-            let under: Vec<usize> = (0..boards.len())
-                .filter(|&b| {
-                    let t = class_of_board[b];
-                    placed_per[t][g] < targets[t][g] * scale - 1e-9
-                })
-                .collect();
-            let sub: Vec<BoardState> = under.iter().map(|&b| boards[b].clone()).collect();
-            let p = packing::place(&sub, &demand[g].0, policy)
-                .or_else(|_| packing::place(boards, &demand[g].0, policy));
-            match p {
-                Ok(p) => {
-                    let b = boards.iter().position(|b| b.id == p.board_id).unwrap();
-                    placed_per[class_of_board[b]][g] += 1.0;
-                    boards[b].placed.push(p);
-                    done[g] += 1;
-                    total += 1;
-                    if done[g] == counts[g] as usize {
-                        open.retain(|&i| i != g);
-                    }
-                }
-                Err(_) => open.retain(|&i| i != g),
-            }
-        }
-    }
-    total
-}
-
-/// Places `counts` instances of each game at once; true when every one was placed.
+/// Places `counts` instances of each game as one batch; true when every one was placed.
 fn batch(
     rack: &[BoardState],
     requests: &[PlacementRequest],
     counts: &[u32],
     how: Batching,
-    calls: &mut Run,
+    run: &mut Run,
 ) -> bool {
     let mut boards = rack.to_vec();
-    let start = Instant::now();
     let total: usize = counts.iter().map(|&c| c as usize).sum();
-    let placed = match how {
-        Batching::Sorted(policy) => {
+    let start = Instant::now();
+    let placed: usize = match how {
+        Batching::All(policy) => {
             let demand: Vec<(PlacementRequest, usize)> =
                 requests.iter().cloned().zip(counts.iter().map(|&c| c as usize)).collect();
             packing::place_all(&mut boards, &demand, policy).iter().map(|b| b.placed.len()).sum()
@@ -510,40 +378,21 @@ fn batch(
             .zip(counts)
             .map(|(req, &n)| packing::place_many(&mut boards, req, n as usize, policy).placed.len())
             .sum(),
-        Batching::Guided(policy) => {
-            guided(&mut boards, requests, counts, policy, GUIDE.with(|g| g.borrow().clone()))
-        }
         Batching::FirstFit => requests
             .iter()
             .zip(counts)
             .map(|(req, &n)| (0..n).take_while(|_| place_one(&mut boards, req, Strategy::FirstFit)).count())
             .sum(),
     };
-    calls.elapsed += start.elapsed();
-    if std::env::var("DEBUG").is_ok()
-        && placed < total
-        && matches!(how, Batching::Sorted(Policy::FillFirst))
-        && rack.len() == 60
-    {
-        let mut per: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
-        for b in &boards {
-            let e = per.entry(format!("{}/{}", b.arch, b.capacity.memory_mib)).or_insert(vec![0; 7]);
-            for p in &b.placed {
-                let g = requests.iter().position(|r| r.millicores == p.millicores).unwrap();
-                e[g] += 1;
-            }
-            e[6] += 1;
-        }
-        eprintln!("BATCH FAIL placed {placed}/{total} need {counts:?}: {per:?}");
-    }
-    calls.calls += placed + usize::from(placed < total);
-    calls.placed = calls.placed.max(placed);
+    run.elapsed += start.elapsed();
+    // One call per instance placed, and (about) one more that found no board.
+    run.calls += placed + usize::from(placed < total);
     check(&boards);
     placed == total
 }
 
-/// The largest N at most `hi` for which the whole target mix of N instances is placed (scanning
-/// down from `hi`, so a placer that would fail at some smaller N is not credited beyond it).
+/// The largest N at most `hi` for which the first N of the mix are all placed as one batch.
+/// Scans down from `hi`, so a placer is credited with the largest N it manages.
 fn batch_best(
     rack: &[BoardState],
     requests: &[PlacementRequest],
@@ -551,9 +400,8 @@ fn batch_best(
     hi: usize,
     how: Batching,
 ) -> Run {
-    let mut run = Run { placed: 0, calls: 0, elapsed: Duration::ZERO };
-    let best = (0..=hi).rev().find(|&n| batch(rack, requests, &demand(mix, n), how, &mut run)).unwrap_or(0);
-    run.placed = best;
+    let mut run = Run::default();
+    run.placed = (0..=hi).rev().find(|&n| batch(rack, requests, &demand(mix, n), how, &mut run)).unwrap_or(0);
     run
 }
 
@@ -746,26 +594,28 @@ fn columns(models: &mut [ClassModel], limit: &[u32]) -> Vec<Vec<Vec<u32>>> {
         .collect()
 }
 
-/// Configuration LP: max s such that boards of each class, each holding a (fractional mix of)
-/// maximal configurations, cover s x `need`. Simplex on a dense tableau with Bland's rule.
-fn lp_scale(columns: &[Vec<Vec<u32>>], boards_per_class: &[usize], need: &[u32]) -> f64 {
-    lp_solve(columns, boards_per_class, need).0
-}
-
-fn lp_solve(columns: &[Vec<Vec<u32>>], boards_per_class: &[usize], need: &[u32]) -> (f64, Vec<Vec<f64>>) {
+/// Configuration LP: the largest s such that boards of each class, each holding a (fractional)
+/// mix of maximal configurations, cover s x `need`; and how many boards hold each
+/// configuration (in the order of `columns`, class by class). Simplex on a dense tableau with
+/// Bland's rule (no cycling; the problem has a few rows and some thousands of columns).
+fn lp_solve(columns: &[Vec<Vec<u32>>], boards_per_class: &[usize], need: &[u32]) -> (f64, Vec<f64>) {
+    const EPS: f64 = 1e-9;
     let games = need.len();
     let rows = games + columns.len();
     let vars: Vec<(usize, &Vec<u32>)> =
         columns.iter().enumerate().flat_map(|(t, cs)| cs.iter().map(move |c| (t, c))).collect();
+    // Columns: s, one per configuration, one slack per row, then the right-hand side.
     let n = 1 + vars.len();
     let width = n + rows + 1;
     let mut tab = vec![vec![0.0f64; width]; rows + 1];
+    // s * need[g] - sum(boards holding c * c[g]) <= 0
     for g in 0..games {
         tab[g][0] = f64::from(need[g]);
         for (j, (_, c)) in vars.iter().enumerate() {
             tab[g][1 + j] = -f64::from(c[g]);
         }
     }
+    // sum(boards of class t) <= boards_per_class[t]
     for (t, &count) in boards_per_class.iter().enumerate() {
         for (j, (class, _)) in vars.iter().enumerate() {
             if *class == t {
@@ -779,7 +629,6 @@ fn lp_solve(columns: &[Vec<Vec<u32>>], boards_per_class: &[usize], need: &[u32])
     }
     tab[rows][0] = -1.0;
     let mut basis: Vec<usize> = (n..n + rows).collect();
-    const EPS: f64 = 1e-9;
     while let Some(enter) = (0..width - 1).find(|&j| tab[rows][j] < -EPS) {
         let mut leave: Option<(usize, f64)> = None;
         for r in 0..rows {
@@ -806,17 +655,13 @@ fn lp_solve(columns: &[Vec<Vec<u32>>], boards_per_class: &[usize], need: &[u32])
         }
         basis[pivot] = enter;
     }
-    // Instances of each game per class in the LP solution.
-    let mut per_class = vec![vec![0.0; games]; columns.len()];
+    let mut boards = vec![0.0; vars.len()];
     for (r, &b) in basis.iter().enumerate() {
-        if b >= 1 && b < n {
-            let (t, c) = vars[b - 1];
-            for g in 0..games {
-                per_class[t][g] += tab[r][width - 1] * f64::from(c[g]);
-            }
+        if (1..n).contains(&b) {
+            boards[b - 1] = tab[r][width - 1];
         }
     }
-    (tab[rows][width - 1], per_class)
+    (tab[rows][width - 1], boards)
 }
 
 /// Largest prefix for which `feasible` holds, knowing `lo` is feasible; prefixes only get harder.
@@ -851,14 +696,15 @@ fn exact_feasible(
     frontier.iter().any(|r| models[*last].fits(r))
 }
 
-/// The best possible for a rack: LP bound, and the exact optimum on small racks.
+/// The best possible on one rack: the LP bound, the exact optimum (small racks) and a packing
+/// that exists (LP rounding, the 60-board rack).
 struct Optimum {
     models: Vec<ClassModel>,
     /// Boards per class (indices into `models`).
     per_class: Vec<usize>,
-    /// Class of each board, classes with few configurations first.
-    boards: Vec<usize>,
-    /// Maximal configurations per class for the whole stream.
+    /// Class of each board of the rack, in id order.
+    class_of: Vec<usize>,
+    /// Maximal configurations per class for the whole demand.
     configs: Vec<Vec<Vec<u32>>>,
 }
 
@@ -870,25 +716,71 @@ impl Optimum {
             .map(|k| ClassModel::new(&rack[kinds.iter().position(|x| x == k).unwrap()], requests))
             .collect();
         let per_class = classes.iter().map(|k| kinds.iter().filter(|x| *x == k).count()).collect();
+        let class_of = kinds.iter().map(|k| classes.iter().position(|c| c == k).unwrap()).collect();
         let configs = columns(&mut models, limit);
-        let mut boards: Vec<usize> =
-            kinds.iter().map(|k| classes.iter().position(|c| c == k).unwrap()).collect();
-        // Classes with few configurations first keep the residual frontier small.
-        boards.sort_by_key(|&c| configs[c].len());
-        Optimum { models, per_class, boards, configs }
+        Optimum { models, per_class, class_of, configs }
     }
 
-    /// Largest N in `lo..=hi` for which the LP relaxation can hold the first N of `stream`.
+    /// Largest N in `lo..=hi` for which the LP relaxation holds the first N of `stream`.
     fn bound(&self, stream: &[usize], lo: usize, hi: usize) -> usize {
-        largest_prefix(lo, hi, |n| lp_scale(&self.configs, &self.per_class, &demand(stream, n)) >= 1.0 - 1e-7)
+        largest_prefix(lo, hi, |n| {
+            lp_solve(&self.configs, &self.per_class, &demand(stream, n)).0 >= 1.0 - 1e-7
+        })
     }
 
     /// Largest N in `lo..=hi` for which some packing holds the first N of `stream`.
     fn exact(&mut self, stream: &[usize], lo: usize, hi: usize) -> usize {
+        let mut boards = self.class_of.clone();
+        // Classes with few configurations first keep the residual frontier small.
+        boards.sort_by_key(|&c| self.configs[c].len());
         largest_prefix(lo, hi, |n| {
             let need = demand(stream, n);
             let clipped = columns(&mut self.models, &need);
-            exact_feasible(&mut self.models, &self.boards, &clipped, &need)
+            exact_feasible(&mut self.models, &boards, &clipped, &need)
+        })
+    }
+
+    /// A packing of the first N of `stream` that exists, for the largest N found in `lo..=hi`:
+    /// the LP's boards rounded down, the rest placed by the packer on the boards left over.
+    fn rounded(
+        &self,
+        rack: &[BoardState],
+        requests: &[PlacementRequest],
+        stream: &[usize],
+        lo: usize,
+        hi: usize,
+    ) -> usize {
+        largest_prefix(lo, hi, |n| {
+            let need = demand(stream, n);
+            let (scale, boards) = lp_solve(&self.configs, &self.per_class, &need);
+            if scale < 1.0 - 1e-7 {
+                return false;
+            }
+            let configs = self.configs.iter().enumerate().flat_map(|(t, cs)| cs.iter().map(move |c| (t, c)));
+            let mut left = need.clone();
+            let mut used = vec![0; self.per_class.len()];
+            for ((class, config), count) in configs.zip(boards) {
+                let whole = (count + 1e-7).floor() as usize;
+                used[class] += whole;
+                for (l, c) in left.iter_mut().zip(config) {
+                    *l = l.saturating_sub(c * whole as u32);
+                }
+            }
+            // The boards no rounded configuration took, fresh.
+            let mut spare: Vec<BoardState> = Vec::new();
+            let mut taken = vec![0; self.per_class.len()];
+            for (board, &class) in rack.iter().zip(&self.class_of) {
+                taken[class] += 1;
+                if taken[class] > used[class] {
+                    spare.push(BoardState { placed: vec![], ..board.clone() });
+                }
+            }
+            let demand: Vec<(PlacementRequest, usize)> =
+                requests.iter().cloned().zip(left.iter().map(|&l| l as usize)).collect();
+            packing::place_all(&mut spare, &demand, Policy::FillFirst)
+                .iter()
+                .zip(&left)
+                .all(|(b, &l)| b.placed.len() == l as usize)
         })
     }
 }
@@ -898,18 +790,23 @@ struct Figures {
     name: String,
     mode: &'static str,
     boards: usize,
-    /// (label, run) of each placer.
+    /// Each placer's runs (summed over streams for the online measure).
     runs: Vec<(&'static str, Run)>,
     exact: Option<usize>,
     bound: usize,
+    /// A packing that exists (LP rounding), where computed.
+    rounded: Option<usize>,
 }
 
-fn pct(part: usize, whole: usize) -> f64 {
-    if whole == 0 { 0.0 } else { 100.0 * (whole as f64 - part as f64) / whole as f64 }
+impl Figures {
+    /// The optimum where known, else the LP bound.
+    fn reference(&self) -> usize {
+        self.exact.unwrap_or(self.bound)
+    }
 }
 
-fn us_per_call(r: &Run) -> f64 {
-    r.elapsed.as_secs_f64() * 1e6 / r.calls as f64
+fn gap(placed: usize, reference: usize) -> f64 {
+    if reference == 0 { 0.0 } else { 100.0 * (reference as f64 - placed as f64) / reference as f64 }
 }
 
 fn main() {
@@ -927,7 +824,7 @@ fn main() {
     let requests: Vec<PlacementRequest> = GAMES.iter().map(request).collect();
     let mut rng = Rng(args.seed);
 
-    // The 60-board rack, ids in a shuffled order of kinds (first-fit walks ids in order).
+    // The 60-board rack, ids in a shuffled order of classes (first fit walks ids in order).
     let mut kinds: Vec<usize> =
         HARDWARE.iter().enumerate().flat_map(|(k, hw)| std::iter::repeat_n(k, hw.in_rack)).collect();
     for i in (1..kinds.len()).rev() {
@@ -936,6 +833,7 @@ fn main() {
     let mut racks: Vec<(String, Vec<usize>, bool)> = vec![("rack-60".into(), kinds, false)];
     racks.extend(SMALL_RACKS.iter().map(|(name, kinds)| (name.to_string(), kinds.to_vec(), true)));
 
+    let started = Instant::now();
     let mut figures = Vec::new();
     for (rack_name, kinds, small) in &racks {
         let rack = build_rack(kinds, &rules);
@@ -950,27 +848,18 @@ fn main() {
                 if runs { weights[g] } else { 0 }
             });
             let target = smooth(&weights, len);
-            let streams: usize = std::env::var("STREAMS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-            let all_arrivals: Vec<Vec<usize>> =
-                (0..streams).map(|_| shuffled(&weights, len, &mut rng)).collect();
-            let arrivals = all_arrivals[0].clone();
+            let arrivals: Vec<Vec<usize>> =
+                (0..args.streams).map(|_| shuffled(&weights, len, &mut rng)).collect();
             let limit: Vec<u32> = (0..GAMES.len())
-                .map(|g| {
-                    all_arrivals.iter().map(|a| demand(a, len)[g]).max().unwrap().max(demand(&target, len)[g])
-                })
+                .map(|g| arrivals.iter().chain([&target]).map(|s| demand(s, len)[g]).max().unwrap_or(0))
                 .collect();
             let mut optimum = Optimum::new(&rack, kinds, &requests, &limit);
+            let name = format!("{rack_name}/{mix}");
 
             let bound = optimum.bound(&target, 0, len);
-            let (_, lp) = lp_solve(&optimum.configs, &optimum.per_class, &demand(&target, bound));
-            let classes: Vec<usize> = (0..HARDWARE.len()).filter(|k| kinds.contains(k)).collect();
-            let class_of_board: Vec<usize> =
-                kinds.iter().map(|k| classes.iter().position(|c| c == k).unwrap()).collect();
-            GUIDE.with(|g| *g.borrow_mut() = (class_of_board, lp));
             let runs = vec![
-                ("guided", batch_best(&rack, &requests, &target, bound, Batching::Guided(Policy::FillFirst))),
-                ("fill", batch_best(&rack, &requests, &target, bound, Batching::Sorted(Policy::FillFirst))),
-                ("spread", batch_best(&rack, &requests, &target, bound, Batching::Sorted(Policy::Spread))),
+                ("fill", batch_best(&rack, &requests, &target, bound, Batching::All(Policy::FillFirst))),
+                ("spread", batch_best(&rack, &requests, &target, bound, Batching::All(Policy::Spread))),
                 (
                     "fill-in-order",
                     batch_best(&rack, &requests, &target, bound, Batching::InOrder(Policy::FillFirst)),
@@ -979,45 +868,65 @@ fn main() {
             ];
             let best = runs.iter().map(|r| r.1.placed).max().unwrap_or(0);
             let exact = small.then(|| optimum.exact(&target, best, bound));
+            let rounded = (!small).then(|| optimum.rounded(&rack, &requests, &target, best, bound));
             figures.push(Figures {
-                name: format!("{rack_name}/{mix}"),
+                name: name.clone(),
                 mode: "target mix",
                 boards: rack.len(),
                 runs,
                 exact,
                 bound,
+                rounded,
             });
 
-            for (si, arrivals) in all_arrivals.iter().enumerate() {
-                let runs = vec![
-                    ("fill", online(&rack, &requests, arrivals, Strategy::Packer(Policy::FillFirst))),
-                    ("spread", online(&rack, &requests, arrivals, Strategy::Packer(Policy::Spread))),
-                    ("first-fit", online(&rack, &requests, arrivals, Strategy::FirstFit)),
-                ];
-                let best = runs.iter().map(|r| r.1.placed).max().unwrap_or(0);
-                let bound = optimum.bound(arrivals, best, len);
-                let exact = small.then(|| optimum.exact(arrivals, best, bound));
-                figures.push(Figures {
-                    name: format!("{rack_name}/{mix}/{si}"),
-                    mode: "online",
-                    boards: rack.len(),
-                    runs,
-                    exact,
-                    bound,
-                });
+            let mut runs: Vec<(&str, Run)> =
+                vec![("fill", Run::default()), ("spread", Run::default()), ("first-fit", Run::default())];
+            let strategies =
+                [Strategy::Packer(Policy::FillFirst), Strategy::Packer(Policy::Spread), Strategy::FirstFit];
+            let (mut exact, mut bound, mut rounded) = (0, 0, 0);
+            for stream in &arrivals {
+                let mut best = 0;
+                for ((_, total), strategy) in runs.iter_mut().zip(strategies) {
+                    let run = online(&rack, &requests, stream, strategy);
+                    best = best.max(run.placed);
+                    total.add(&run);
+                }
+                let b = optimum.bound(stream, best, len);
+                bound += b;
+                if *small {
+                    exact += optimum.exact(stream, best, b);
+                } else {
+                    rounded += optimum.rounded(&rack, &requests, stream, best, b);
+                }
             }
+            let (exact, rounded) = if *small { (Some(exact), None) } else { (None, Some(rounded)) };
+            figures.push(Figures { name, mode: "online", boards: rack.len(), runs, exact, bound, rounded });
         }
     }
-    for mode in ["target mix", "online"] {
-        print_table(mode, figures.iter().filter(|f| f.mode == mode));
-    }
+    print_table(
+        "target mix",
+        "largest N whose first N instances of the mix, placed as one batch, all fit",
+        &figures,
+    );
+    print_table(
+        "online",
+        &format!(
+            "instances placed in arrival order before the first that fits nowhere, sum of {} shuffled streams",
+            args.streams
+        ),
+        &figures,
+    );
+    println!("\n(computed in {:.1} s)", started.elapsed().as_secs_f64());
+
     let out = json!({
         "benchmark": "packing",
         "seed": args.seed,
-        "metrics": {
+        "streams": args.streams,
+        "measures": {
             "target mix": "largest N such that the first N instances of the mix (smooth round-robin), placed as one batch, all fit",
-            "online": "instances of a shuffled stream placed in arrival order before the first that fits nowhere",
+            "online": "instances of shuffled streams placed in arrival order before the first that fits nowhere, summed over the streams",
         },
+        "gap": "(reference - placed) / reference in %, the reference being the exact optimum where computed, else the LP upper bound",
         "games": GAMES.iter().map(|g| json!({
             "name": g.name, "millicores": g.millicores, "memory_mib": g.memory_mib, "gpu_slots": g.gpu_slots,
             "encoder_slots": g.encoder_slots, "pinning": if g.big { "big" } else { "any" }, "archs": g.archs,
@@ -1036,40 +945,44 @@ fn main() {
     println!("wrote {}", args.out.display());
 }
 
-fn print_table<'a>(mode: &str, figures: impl Iterator<Item = &'a Figures>) {
-    let figures: Vec<&Figures> = figures.collect();
-    let labels: Vec<&str> = figures[0].runs.iter().map(|r| r.0).collect();
+fn print_table(mode: &str, what: &str, figures: &[Figures]) {
+    let figures: Vec<&Figures> = figures.iter().filter(|f| f.mode == mode).collect();
+    println!("\n{mode}: {what}");
     println!(
-        "\n{mode}: instances placed; gap = (reference - placed) / reference, the reference being the exact optimum where shown, else the LP bound"
+        "placed (gap to the optimum where shown, else to the LP bound); 'exists' is a packing found by LP rounding"
     );
-    print!("{:<20} {:>6}", "scenario", "boards");
-    for l in &labels {
-        print!(" {l:>13}");
+    print!("{:<18} {:>6}", "scenario", "boards");
+    for (label, _) in &figures[0].runs {
+        print!(" {label:>14}");
     }
-    println!(" {:>8} {:>6} {:>9} {:>8}", "optimum", "bound", "fill gap", "us/place");
+    println!(" {:>7} {:>7} {:>7} {:>9}", "optimum", "exists", "bound", "us/place");
     for f in figures {
-        let reference = f.exact.unwrap_or(f.bound);
-        print!("{:<20} {:>6}", f.name, f.boards);
+        print!("{:<18} {:>6}", f.name, f.boards);
         for (_, run) in &f.runs {
-            print!(" {:>13}", format!("{} ({:.1}%)", run.placed, pct(run.placed, reference)));
+            print!(" {:>14}", format!("{} ({:.1}%)", run.placed, gap(run.placed, f.reference())));
         }
+        let opt = |v: Option<usize>| v.map_or("-".to_string(), |v| v.to_string());
         println!(
-            " {:>8} {:>6} {:>8.1}% {:>8.1}",
-            f.exact.map_or("-".to_string(), |e| e.to_string()),
+            " {:>7} {:>7} {:>7} {:>9.1}",
+            opt(f.exact),
+            opt(f.rounded),
             f.bound,
-            pct(f.runs[0].1.placed, reference),
-            us_per_call(&f.runs[0].1)
+            f.runs[0].1.us_per_place()
         );
     }
 }
 
 fn figures_json(f: &Figures) -> Value {
-    let reference = f.exact.unwrap_or(f.bound);
     let runs: serde_json::Map<String, Value> = f
         .runs
         .iter()
         .map(|(label, r)| {
-            let v = json!({ "placed": r.placed, "gap_pct": pct(r.placed, reference), "us_per_place": us_per_call(r) });
+            let v = json!({
+                "placed": r.placed,
+                "gap_pct": gap(r.placed, f.reference()),
+                "place_calls": r.calls,
+                "us_per_place": r.us_per_place(),
+            });
             (label.to_string(), v)
         })
         .collect();
@@ -1079,6 +992,7 @@ fn figures_json(f: &Figures) -> Value {
         "boards": f.boards,
         "placers": runs,
         "exact_optimum": f.exact,
+        "lp_rounding_packing": f.rounded,
         "lp_bound": f.bound,
         "gap_reference": if f.exact.is_some() { "exact optimum" } else { "LP upper bound" },
     })

@@ -1,0 +1,300 @@
+//! Claim benchmark: latency and rate of `POST /v1/claims` on loopback against the real
+//! array-controller binary, next to the raw SQLite commit rate of the same disk measured in the
+//! same run (the ceiling for one-transaction-per-claim).
+//!
+//! Thousands of ready instances cannot run on one machine's Docker, so the rack is made of
+//! SIMULATED boards: HTTP clients that enrol like a board daemon and report every instance of
+//! their desired state as `ready`. Everything on the controller side is real.
+//!
+//! Usage: bench_claims [--claims N] [--concurrency C] [--out PATH]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use api::rack::{EnrolRequest, EnrolResponse, Heartbeat};
+use api::{BootTimings, DesiredState, InstancePhase, InstanceStatus};
+use e2e::process::{Process, binary, binary_in_profile};
+use e2e::{free_port, scratch::TestDir};
+use serde_json::json;
+
+const SIMULATED_BOARDS: usize = 16;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str, default: &str| -> String {
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or(default.to_string())
+    };
+    let claims: usize = arg("--claims", "10000").parse()?;
+    let concurrency: usize = arg("--concurrency", "32").parse()?;
+    let out = PathBuf::from(arg("--out", "bench-results/claims.json"));
+
+    let dir = TestDir::new("bench-claims");
+    let sqlite_commits = raw_sqlite_commits_per_second(&dir.join("raw.db"))?;
+    println!("raw SQLite (WAL, synchronous=NORMAL, one row per transaction): {sqlite_commits:.0} commits/s");
+
+    let (program, build) = match binary_in_profile("array-controller", "release") {
+        Some(p) => (p, "release"),
+        None => {
+            eprintln!("warning: no release build; using debug (cargo build --release -p array-controller)");
+            (binary("array-controller"), "debug")
+        }
+    };
+    let config = dir.join("controller.toml");
+    std::fs::write(
+        &config,
+        "[[class]]\nname = \"x86-sim\"\nmatch = { arch = \"x86_64\" }\nandroid_kernel = false\n",
+    )?;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let data = dir.join("controller");
+    let mut controller = Process::spawn(
+        "array-controller",
+        &program,
+        [
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--operator-token",
+            "op",
+            "--broker-token",
+            "broker",
+            "--heartbeat-ms",
+            "60000",
+            "--unreachable-after-ms",
+            "3600000",
+        ],
+        &[("RUST_LOG", "warn")],
+        dir.path(),
+    );
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency * 2).build()?;
+    wait_healthy(&client, &url).await?;
+
+    // A rack of simulated boards, each offering 64 CPUs, 256 GiB and 10,000 ports.
+    let join: serde_json::Value = client
+        .post(format!("{url}/v1/join-tokens"))
+        .bearer_auth("op")
+        .json(&json!({}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let join = join["token"].as_str().context("join token")?.to_string();
+    let mut boards = Vec::new();
+    for i in 0..SIMULATED_BOARDS {
+        let id = format!("simulated-board-{i}");
+        let response: EnrolResponse = client
+            .post(format!("{url}/v1/enrol"))
+            .json(&EnrolRequest {
+                join_token: join.clone(),
+                facts: simulated_facts(&id),
+                address: "127.0.0.1".into(),
+                now_ms: service_now_ms(),
+                desired_generation: 0,
+            })
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        boards.push((id, response.credential));
+    }
+    let instances = claims;
+    client
+        .put(format!("{url}/v1/deployments/bench"))
+        .bearer_auth("op")
+        .json(&json!({
+            "game": "bench", "version": "1",
+            "images": {"x86_64": "appliance/android-sim:latest"},
+            "profile": {"millicores": 100, "memory_mib": 64},
+            "pool_size": instances,
+        }))
+        .send()
+        .await?
+        .error_for_status()?;
+    let started = Instant::now();
+    loop {
+        for (id, credential) in &boards {
+            report_all_ready(&client, &url, id, credential).await?;
+        }
+        let view: serde_json::Value =
+            client.get(format!("{url}/v1/deployments/bench")).bearer_auth("op").send().await?.json().await?;
+        let ready = view["instances"]["ready"].as_u64().unwrap_or(0) as usize;
+        if ready >= instances {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("only {ready} of {instances} simulated instances became ready");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("rack: {SIMULATED_BOARDS} simulated boards, {instances} ready instances ({build} controller)");
+
+    // The measurement: `claims` claims with distinct keys from `concurrency` workers.
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let begin = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, next) = (client.clone(), url.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failures = 0usize;
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= claims {
+                    break;
+                }
+                let t = Instant::now();
+                let response = client
+                    .post(format!("{url}/v1/claims"))
+                    .bearer_auth("broker")
+                    .json(&json!({"deployment": "bench", "key": format!("session-{n}")}))
+                    .send()
+                    .await;
+                match response {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        latencies.push(t.elapsed());
+                    }
+                    _ => failures += 1,
+                }
+            }
+            (latencies, failures)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    for worker in workers {
+        let (l, f) = worker.await?;
+        latencies.extend(l);
+        failures += f;
+    }
+    let elapsed = begin.elapsed();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1000.0;
+    let rate = latencies.len() as f64 / elapsed.as_secs_f64();
+    let (p50, p99, max) = (pct(0.50), pct(0.99), pct(1.0));
+    println!("claims: {} ok, {failures} failed, concurrency {concurrency}", latencies.len());
+    println!("claim latency p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms");
+    println!("claim rate {rate:.0} claims/s (goal >= 2000, p99 < 5 ms); raw SQLite ceiling {sqlite_commits:.0} commits/s");
+    controller.kill();
+
+    let report = json!({
+        "benchmark": "claims",
+        "controller_build": build,
+        "simulated_boards": SIMULATED_BOARDS,
+        "ready_instances": instances,
+        "concurrency": concurrency,
+        "claims_ok": latencies.len(),
+        "claims_failed": failures,
+        "latency_ms": {"p50": p50, "p99": p99, "max": max},
+        "claims_per_second": rate,
+        "baseline_raw_sqlite_commits_per_second": sqlite_commits,
+        "goal": {"claims_per_second": 2000, "p99_ms": 5},
+    });
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+async fn wait_healthy(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if client.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("controller did not start")
+}
+
+/// One simulated board's report: every instance of its desired state is ready.
+async fn report_all_ready(client: &reqwest::Client, url: &str, id: &str, credential: &str) -> anyhow::Result<()> {
+    let response = client.get(format!("{url}/v1/boards/{id}/desired?after=0")).bearer_auth(credential).send().await?;
+    let desired: DesiredState = response.error_for_status()?.json().await?;
+    let instances = desired
+        .instances
+        .iter()
+        .map(|spec| InstanceStatus {
+            id: spec.id.clone(),
+            generation: spec.generation,
+            phase: InstancePhase::Ready,
+            reason: None,
+            container_id: Some(format!("simulated-{}", spec.id)),
+            ports: spec.ports,
+            restarts: 0,
+            crash_loop: false,
+            last_exit: None,
+            boot: BootTimings::default(),
+            reset_epoch: spec.reset_epoch,
+        })
+        .collect();
+    let heartbeat =
+        Heartbeat { applied_generation: desired.generation, instances, journal: vec![], rejected: None };
+    client
+        .post(format!("{url}/v1/boards/{id}/heartbeat"))
+        .bearer_auth(credential)
+        .json(&heartbeat)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
+}
+
+fn simulated_facts(id: &str) -> api::BoardFacts {
+    api::BoardFacts {
+        board_id: id.to_string(),
+        arch: "x86_64".into(),
+        soc_model: None,
+        cpu: api::CpuTopology {
+            cpus: (0..64).collect(),
+            clusters: vec![api::CpuCluster { cpus: (0..64).collect(), capacity: None }],
+        },
+        memory_mib: 256 * 1024,
+        disk: api::DiskFacts { mount: "/".into(), total_mib: 1 << 20, available_mib: 1 << 19 },
+        gpu_devices: vec![],
+        encoder_devices: vec![],
+        kernel: api::KernelFacts {
+            release: "simulated".into(),
+            page_size: 4096,
+            binderfs: false,
+            binder_devices: vec![],
+            memfd: true,
+            ashmem: false,
+            inotify_max_user_instances: None,
+            inotify_max_user_watches: None,
+        },
+        docker: api::DockerFacts { reachable: true, version: None, api_version: None, cgroup_version: None },
+        addresses: vec!["127.0.0.1".into()],
+        host_port_range: api::PortRange { start: 20000, end: 29999 },
+        overridden: vec!["simulated".into()],
+    }
+}
+
+fn service_now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Single-row insert transactions for two seconds on the same disk, same pragmas.
+fn raw_sqlite_commits_per_second(path: &std::path::Path) -> anyhow::Result<f64> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)", [])?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(2) {
+        conn.execute("BEGIN IMMEDIATE", [])?;
+        conn.execute("INSERT INTO t (k, v) VALUES (?1, ?2)", rusqlite::params![format!("k{n}"), n as i64])?;
+        conn.execute("COMMIT", [])?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}

@@ -253,3 +253,171 @@ fn claim_view(conn: &Connection, key: &str) -> Result<Option<ClaimView>, RackErr
         })
         .optional()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use api::rack::{ClaimRequest, DeploymentSpec, InstanceProfile, RenewRequest};
+    use rusqlite::params;
+
+    use super::*;
+    use crate::config::{Cli, Config};
+
+    /// A rack with one board and `ready` ready instances of deployment `d`, written straight
+    /// into the database (no board daemon involved).
+    fn rack_with_ready(ready: usize) -> (tempfile::TempDir, Rack) {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("c.toml");
+        std::fs::write(
+            &config_path,
+            "[[class]]\nname = \"x86-sim\"\nmatch = { arch = \"x86_64\" }\nandroid_kernel = false\n",
+        )
+        .unwrap();
+        let config = Config::load(Cli {
+            config: Some(config_path),
+            data_dir: Some(dir.path().into()),
+            ..Cli::default()
+        })
+        .unwrap();
+        let conn = service_kit::sqlite::open(&dir.path().join("c.db"), crate::db::MIGRATIONS).unwrap();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let rack = Rack::new(
+            config,
+            crate::db::Db::new(conn),
+            crate::metrics::Metrics::register(&mut registry),
+            "op".into(),
+            "broker".into(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+        let spec = DeploymentSpec {
+            game: "g".into(),
+            version: "1".into(),
+            images: [("x86_64".to_string(), "img".to_string())].into(),
+            profile: InstanceProfile {
+                millicores: 100,
+                memory_mib: 64,
+                gpu_slots: 0,
+                encoder_slots: 0,
+                pinning: Default::default(),
+                display: Default::default(),
+                pids_limit: 64,
+            },
+            reset: Default::default(),
+            launch: None,
+            pool_size: ready as u32,
+            env: Default::default(),
+            args: vec![],
+            privileged: false,
+            boot_timeout_s: 60,
+            constraints: Default::default(),
+        };
+        let facts = serde_json::to_string(&crate::preflight::tests::facts()).unwrap();
+        rack.write(|w| {
+            w.tx.execute(
+                "INSERT INTO boards (id, state, arch, address, facts, credential_hash, last_heartbeat_ms, desired_generation, enrolled_ms)
+                 VALUES ('b1', 'ready', 'x86_64', '10.0.0.1', ?1, 'h', ?2, 1, 0)",
+                params![facts, w.now_ms as i64],
+            )?;
+            w.tx.execute(
+                "INSERT INTO deployments (id, spec, created_ms, updated_ms) VALUES ('d', ?1, 0, 0)",
+                [serde_json::to_string(&spec).unwrap()],
+            )?;
+            for i in 0..ready {
+                let row = rows::InstanceRow {
+                    id: format!("i{i}"),
+                    deployment_id: "d".into(),
+                    board_id: "b1".into(),
+                    state: InstanceState::Ready,
+                    reason: None,
+                    generation: 1,
+                    reset_epoch: 0,
+                    millicores: 100,
+                    cpus: vec![0],
+                    memory_mib: 64,
+                    gpu_slots: 0,
+                    encoder_slots: 0,
+                    ports: api::InstancePorts { adb: 20000 + 2 * i as u16, stream: 20001 + 2 * i as u16 },
+                    container_id: None,
+                    claim_key: None,
+                    at_risk: false,
+                    state_since_ms: i as u64,
+                };
+                rows::insert_instance(&w.tx, &row, w.now_ms)?;
+            }
+            Ok::<_, RackError>(())
+        })
+        .unwrap();
+        (dir, rack)
+    }
+
+    fn request(key: &str) -> ClaimRequest {
+        ClaimRequest { deployment: "d".into(), key: key.into(), lease_ms: None }
+    }
+
+    #[test]
+    fn concurrent_claims_never_share_an_instance_and_keys_are_idempotent() {
+        let (_dir, rack) = rack_with_ready(5);
+        let rack = Arc::new(rack);
+        let handles: Vec<_> = (0..40)
+            .map(|n| {
+                let rack = rack.clone();
+                std::thread::spawn(move || rack.claim(request(&format!("s{n}"))))
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let won: Vec<&ClaimView> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(won.len(), 5);
+        let mut instances: Vec<&str> = won.iter().map(|c| c.instance.as_str()).collect();
+        instances.sort();
+        instances.dedup();
+        assert_eq!(instances.len(), 5, "an instance was claimed twice");
+        for result in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(matches!(result, RackError::Conflict { code: "no_ready_instance", .. }), "{result}");
+        }
+        let again = rack.claim(request(&won[0].key)).unwrap();
+        assert_eq!(again.instance, won[0].instance);
+        assert_eq!(again.host, "10.0.0.1");
+    }
+
+    #[test]
+    fn release_recycles_and_renewal_reports_missing_keys() {
+        let (_dir, rack) = rack_with_ready(1);
+        let claim = rack.claim(request("s1")).unwrap();
+        let renewed = rack
+            .renew(RenewRequest { keys: vec!["s1".into(), "nope".into()], lease_ms: Some(5000) })
+            .unwrap();
+        assert!(renewed.renewed.contains_key("s1"));
+        assert_eq!(renewed.missing, vec!["nope".to_string()]);
+        assert_eq!(rack.release("s1").unwrap().state, ClaimState::Released);
+        let instance = rack.instance_view(&claim.instance).unwrap();
+        assert_eq!(instance.state, InstanceState::Recycling);
+        assert_eq!(instance.generation, 2, "recreate policy bumps the generation");
+        assert_eq!(instance.claim_key, None);
+        // Releasing again changes nothing; the ended key does not claim anew.
+        assert_eq!(rack.release("s1").unwrap().state, ClaimState::Released);
+        assert_eq!(rack.claim(request("s1")).unwrap().state, ClaimState::Released);
+        assert!(matches!(
+            rack.claim(request("s2")),
+            Err(RackError::Conflict { code: "no_ready_instance", .. })
+        ));
+    }
+
+    #[test]
+    fn bad_claims_are_refused_and_change_nothing() {
+        let (_dir, rack) = rack_with_ready(1);
+        assert!(matches!(
+            rack.claim(request("has space")),
+            Err(RackError::Invalid { code: "invalid_key", .. })
+        ));
+        assert!(matches!(
+            rack.claim(ClaimRequest { lease_ms: Some(1), ..request("s1") }),
+            Err(RackError::Invalid { code: "invalid_lease", .. })
+        ));
+        assert!(matches!(
+            rack.claim(ClaimRequest { deployment: "nope".into(), ..request("s1") }),
+            Err(RackError::NotFound { .. })
+        ));
+        assert_eq!(rack.instance_views(Some("d"), Some(InstanceState::Ready)).unwrap().len(), 1);
+    }
+}

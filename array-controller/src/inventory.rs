@@ -210,7 +210,10 @@ impl Rack {
         })?;
         let view = crate::placement::rack_view(&boards, &instances, &self.config.classes);
         for (resource, ratio) in crate::placement::utilisation(&view) {
-            self.metrics.utilisation.get_or_create(&crate::metrics::ResourceLabels { resource: resource.into() }).set(ratio);
+            self.metrics
+                .utilisation
+                .get_or_create(&crate::metrics::ResourceLabels { resource: resource.into() })
+                .set(ratio);
         }
         Ok(())
     }

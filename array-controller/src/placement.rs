@@ -45,30 +45,37 @@ fn placement_of(row: &InstanceRow) -> Placement {
     }
 }
 
-/// Places `count` instances of a deployment. Fails (and so aborts the write) if a board would
-/// end up over-committed: that would be a packer bug, and nothing half-checked is written.
-pub fn place(
+/// Places the missing instances of several deployments at once: the packer orders the whole
+/// demand (the most constrained games first), which packs far denser than one deployment after
+/// another. Returns one outcome per entry of `short`, in order. Fails (and so aborts the write)
+/// if a board would end up over-committed: that would be a packer bug, and nothing
+/// half-checked is written.
+pub fn place_all(
     boards: &[BoardRow],
     instances: &[InstanceRow],
-    deployment_id: &str,
-    spec: &DeploymentSpec,
-    count: usize,
+    short: &[(&str, &DeploymentSpec, usize)],
     classes: &[ClassRule],
     policy: Policy,
-) -> Result<Outcome, RackError> {
+) -> Result<Vec<Outcome>, RackError> {
     let mut view = rack_view(boards, instances, classes);
-    let request = PlacementRequest::for_deployment(deployment_id, spec);
-    let batch = packing::place_many(&mut view, &request, count, policy);
-    for board in view.iter().filter(|b| batch.placed.iter().any(|p| p.board_id == b.id)) {
+    let demand: Vec<(PlacementRequest, usize)> =
+        short.iter().map(|(id, spec, n)| (PlacementRequest::for_deployment(id, spec), *n)).collect();
+    let batches = packing::place_all(&mut view, &demand, policy);
+    for board in
+        view.iter().filter(|b| batches.iter().any(|batch| batch.placed.iter().any(|p| p.board_id == b.id)))
+    {
         packing::check_board(board).map_err(|err| {
             tracing::error!(error = %err, "placement would over-commit a board; refusing it");
             RackError::conflict("overcommit", err.to_string())
         })?;
     }
-    Ok(Outcome {
-        placed: batch.placed,
-        unplaced_reasons: batch.failure.map(|f| vec![f.to_string()]).unwrap_or_default(),
-    })
+    Ok(batches
+        .into_iter()
+        .map(|batch| Outcome {
+            placed: batch.placed,
+            unplaced_reasons: batch.failure.map(|f| vec![f.to_string()]).unwrap_or_default(),
+        })
+        .collect())
 }
 
 /// Share of the allocatable resources of schedulable boards that is placed, per resource.

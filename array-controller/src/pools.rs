@@ -1,103 +1,118 @@
-//! The pool reconciler: keeps each deployment at its pool size. Missing instances are placed by
-//! the packer (one transaction per deployment, so the packer's view and the write agree);
-//! surplus idle instances are terminated, the least advanced first; claimed ones are never
-//! touched.
+//! The pool reconciler: keeps each deployment at its pool size, in one transaction per pass so
+//! the packer's view and the writes agree. Surplus idle instances are terminated, the least
+//! advanced first (claimed ones are never touched); the missing instances of every deployment
+//! are placed together, so the packer can order the whole demand.
 
-use api::rack::{InstanceState, RackEventBody};
+use std::collections::HashMap;
 
+use api::rack::{DeploymentSpec, InstanceState, RackEventBody};
+
+use crate::db::Write;
 use crate::error::RackError;
 use crate::inventory::set_instance;
-use crate::placement;
+use crate::placement::{self, Outcome};
 use crate::rack::Rack;
 use crate::rows::{self, InstanceRow};
 
 impl Rack {
     /// One pass over every deployment.
     pub fn reconcile_pools(&self) -> Result<(), RackError> {
-        let deployments = self.db.read(rows::deployments)?;
-        for (id, spec) in deployments {
-            self.write(|w| {
-                // The common case, a pool at its size, costs one indexed count.
-                let live_count: i64 = w.tx.prepare_cached(
-                    "SELECT count(*) FROM instances WHERE deployment_id = ?1 AND state NOT IN ('terminating', 'draining')",
+        self.write(|w| {
+            let deployments = rows::deployments(&w.tx)?;
+            // The common case, every pool at its size, costs one indexed query.
+            let live: HashMap<String, usize> =
+                w.tx.prepare_cached(
+                    "SELECT deployment_id, count(*) FROM instances
+                     WHERE state NOT IN ('terminating', 'draining') GROUP BY deployment_id",
                 )?
-                .query_row([&id], |r| r.get(0))?;
-                if live_count as usize == spec.pool_size as usize {
-                    return Ok(());
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize)))?
+                .collect::<Result<_, _>>()?;
+            let mut short: Vec<(&str, &DeploymentSpec, usize)> = Vec::new();
+            for (id, spec) in &deployments {
+                let (have, wanted) = (live.get(id).copied().unwrap_or(0), spec.pool_size as usize);
+                if have > wanted {
+                    shrink(w, id, have - wanted)?;
+                } else if have < wanted {
+                    short.push((id, spec, wanted - have));
                 }
-                let instances = rows::instances_where(&w.tx, "deployment_id = ?1", [&id])?;
-                let live: Vec<&InstanceRow> = instances
-                    .iter()
-                    .filter(|i| !matches!(i.state, InstanceState::Terminating | InstanceState::Draining))
-                    .collect();
-                let wanted = spec.pool_size as usize;
-                if live.len() > wanted {
-                    let mut surplus: Vec<&&InstanceRow> =
-                        live.iter().filter(|i| !matches!(i.state, InstanceState::Claimed)).collect();
-                    // Least advanced first: nothing warm is thrown away while something colder exists.
-                    surplus.sort_by_key(|i| (removal_rank(i.state), std::cmp::Reverse(i.state_since_ms)));
-                    for row in surplus.into_iter().take(live.len() - wanted) {
-                        set_instance(w, row, InstanceState::Terminating, Some("pool shrunk".into()), false)?;
-                        w.touch_board(&row.board_id);
-                    }
-                } else if live.len() < wanted {
-                    let boards = rows::boards(&w.tx)?;
-                    let all = rows::instances_where(&w.tx, "1 = 1", [])?;
-                    let outcome = placement::place(
-                        &boards,
-                        &all,
-                        &id,
-                        &spec,
-                        wanted - live.len(),
-                        &self.config.classes,
-                        self.config.policy,
-                    )?;
-                    for placed in outcome.placed {
-                        let row = InstanceRow {
-                            id: format!("{id}-{}", short_id()),
-                            deployment_id: id.clone(),
-                            board_id: placed.board_id.clone(),
-                            state: InstanceState::Pending,
-                            reason: None,
-                            generation: 1,
-                            reset_epoch: 0,
-                            millicores: placed.millicores,
-                            cpus: placed.cpus,
-                            memory_mib: placed.memory_mib,
-                            gpu_slots: placed.gpu_slots,
-                            encoder_slots: placed.encoder_slots,
-                            ports: placed.ports,
-                            container_id: None,
-                            claim_key: None,
-                            at_risk: false,
-                            state_since_ms: w.now_ms,
-                        };
-                        rows::insert_instance(&w.tx, &row, w.now_ms)?;
-                        w.emit(RackEventBody::Instance {
-                            instance: row.id.clone(),
-                            deployment: id.clone(),
-                            board: row.board_id.clone(),
-                            state: InstanceState::Pending,
-                            generation: 1,
-                            reason: None,
-                            at_risk: false,
-                        })?;
-                        w.touch_board(&row.board_id);
-                    }
-                    let mut failures = self.placement_failures.lock().unwrap_or_else(|p| p.into_inner());
-                    if outcome.unplaced_reasons.is_empty() {
-                        failures.remove(&id);
-                    } else if failures.get(&id) != Some(&outcome.unplaced_reasons) {
-                        tracing::warn!(deployment = %id, reasons = ?outcome.unplaced_reasons, "cannot place every instance");
-                        w.emit(RackEventBody::PlacementFailed { deployment: id.clone(), reasons: outcome.unplaced_reasons.clone() })?;
-                        failures.insert(id.clone(), outcome.unplaced_reasons);
-                    }
-                }
-                Ok::<_, RackError>(())
+            }
+            if short.is_empty() {
+                return Ok(());
+            }
+            let boards = rows::boards(&w.tx)?;
+            let all = rows::instances_where(&w.tx, "1 = 1", [])?;
+            let outcomes =
+                placement::place_all(&boards, &all, &short, &self.config.classes, self.config.policy)?;
+            for ((id, _, _), outcome) in short.iter().zip(outcomes) {
+                self.record_placements(w, id, outcome)?;
+            }
+            Ok::<_, RackError>(())
+        })
+    }
+
+    fn record_placements(&self, w: &mut Write<'_>, id: &str, outcome: Outcome) -> Result<(), RackError> {
+        for placed in outcome.placed {
+            let row = InstanceRow {
+                id: format!("{id}-{}", short_id()),
+                deployment_id: id.to_string(),
+                board_id: placed.board_id.clone(),
+                state: InstanceState::Pending,
+                reason: None,
+                generation: 1,
+                reset_epoch: 0,
+                millicores: placed.millicores,
+                cpus: placed.cpus,
+                memory_mib: placed.memory_mib,
+                gpu_slots: placed.gpu_slots,
+                encoder_slots: placed.encoder_slots,
+                ports: placed.ports,
+                container_id: None,
+                claim_key: None,
+                at_risk: false,
+                state_since_ms: w.now_ms,
+            };
+            rows::insert_instance(&w.tx, &row, w.now_ms)?;
+            w.emit(RackEventBody::Instance {
+                instance: row.id.clone(),
+                deployment: id.to_string(),
+                board: row.board_id.clone(),
+                state: InstanceState::Pending,
+                generation: 1,
+                reason: None,
+                at_risk: false,
             })?;
+            w.touch_board(&row.board_id);
+        }
+        // An unmet pool is reported when its reasons change, not on every pass.
+        let mut failures = self.placement_failures.lock().unwrap_or_else(|p| p.into_inner());
+        if outcome.unplaced_reasons.is_empty() {
+            failures.remove(id);
+        } else if failures.get(id) != Some(&outcome.unplaced_reasons) {
+            tracing::warn!(deployment = %id, reasons = ?outcome.unplaced_reasons, "cannot place every instance");
+            w.emit(RackEventBody::PlacementFailed {
+                deployment: id.to_string(),
+                reasons: outcome.unplaced_reasons.clone(),
+            })?;
+            failures.insert(id.to_string(), outcome.unplaced_reasons);
         }
         Ok(())
     }
+}
+
+/// Terminates `count` idle instances of a deployment, the least advanced first, so nothing
+/// warm is thrown away while something colder exists.
+fn shrink(w: &mut Write<'_>, id: &str, count: usize) -> Result<(), RackError> {
+    let mut idle: Vec<InstanceRow> = rows::instances_where(
+        &w.tx,
+        "deployment_id = ?1 AND state NOT IN ('claimed', 'terminating', 'draining')",
+        [id],
+    )?;
+    idle.sort_by_key(|i| (removal_rank(i.state), std::cmp::Reverse(i.state_since_ms)));
+    for row in idle.into_iter().take(count) {
+        set_instance(w, &row, InstanceState::Terminating, Some("pool shrunk".into()), false)?;
+        w.touch_board(&row.board_id);
+    }
+    Ok(())
 }
 
 fn removal_rank(state: InstanceState) -> u8 {

@@ -68,7 +68,7 @@ pub fn check(input: &PreflightInput<'_>) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use api::{CpuCluster, CpuTopology, DiskFacts, DockerFacts, KernelFacts, PortRange};
 

@@ -20,8 +20,19 @@ fn real_adb_sees_boot_props_and_activities() {
         "boot_completed must be 0 before 1.5 s (asked after {:?})",
         sim.started.elapsed()
     );
-    std::thread::sleep(Duration::from_millis(1500).saturating_sub(sim.started.elapsed()));
-    assert_eq!(adb.shell(&sim, "getprop sys.boot_completed"), "1\n");
+    // The simulator's boot clock starts when its process does, a little after `sim.started`:
+    // poll for the flip rather than sleeping to an exact instant.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let value = adb.shell(&sim, "getprop sys.boot_completed");
+        if value == "1\n" {
+            break;
+        }
+        assert_eq!(value, "0\n");
+        assert!(std::time::Instant::now() < deadline, "boot_completed never became 1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(sim.started.elapsed() >= Duration::from_millis(1500), "booted before its 1.5 s delay");
     assert_eq!(adb.shell(&sim, "getprop ro.product.model"), "SimPhone\n");
 
     let devices = adb.run(&["devices"]).stdout;

@@ -15,6 +15,7 @@
 
 pub mod adb;
 pub mod board;
+pub mod controller;
 pub mod docker;
 pub mod metrics;
 pub mod ports;

@@ -25,7 +25,11 @@ const SIMULATED_BOARDS: usize = 16;
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str, default: &str| -> String {
-        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or(default.to_string())
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or(default.to_string())
     };
     let claims: usize = arg("--claims", "10000").parse()?;
     let concurrency: usize = arg("--concurrency", "32").parse()?;
@@ -176,12 +180,16 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = begin.elapsed();
     latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1000.0;
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1000.0
+    };
     let rate = latencies.len() as f64 / elapsed.as_secs_f64();
     let (p50, p99, max) = (pct(0.50), pct(0.99), pct(1.0));
     println!("claims: {} ok, {failures} failed, concurrency {concurrency}", latencies.len());
     println!("claim latency p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms");
-    println!("claim rate {rate:.0} claims/s (goal >= 2000, p99 < 5 ms); raw SQLite ceiling {sqlite_commits:.0} commits/s");
+    println!(
+        "claim rate {rate:.0} claims/s (goal >= 2000, p99 < 5 ms); raw SQLite ceiling {sqlite_commits:.0} commits/s"
+    );
     controller.kill();
 
     let report = json!({
@@ -216,8 +224,14 @@ async fn wait_healthy(client: &reqwest::Client, url: &str) -> anyhow::Result<()>
 }
 
 /// One simulated board's report: every instance of its desired state is ready.
-async fn report_all_ready(client: &reqwest::Client, url: &str, id: &str, credential: &str) -> anyhow::Result<()> {
-    let response = client.get(format!("{url}/v1/boards/{id}/desired?after=0")).bearer_auth(credential).send().await?;
+async fn report_all_ready(
+    client: &reqwest::Client,
+    url: &str,
+    id: &str,
+    credential: &str,
+) -> anyhow::Result<()> {
+    let response =
+        client.get(format!("{url}/v1/boards/{id}/desired?after=0")).bearer_auth(credential).send().await?;
     let desired: DesiredState = response.error_for_status()?.json().await?;
     let instances = desired
         .instances
@@ -279,7 +293,10 @@ fn simulated_facts(id: &str) -> api::BoardFacts {
 }
 
 fn service_now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Single-row insert transactions for two seconds on the same disk, same pragmas.

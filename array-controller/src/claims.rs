@@ -255,7 +255,7 @@ fn claim_view(conn: &Connection, key: &str) -> Result<Option<ClaimView>, RackErr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use api::rack::{ClaimRequest, DeploymentSpec, InstanceProfile, RenewRequest};
@@ -266,7 +266,7 @@ mod tests {
 
     /// A rack with one board and `ready` ready instances of deployment `d`, written straight
     /// into the database (no board daemon involved).
-    fn rack_with_ready(ready: usize) -> (tempfile::TempDir, Rack) {
+    pub(crate) fn rack_with_ready(ready: usize) -> (tempfile::TempDir, Rack) {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("c.toml");
         std::fs::write(
@@ -277,6 +277,8 @@ mod tests {
         let config = Config::load(Cli {
             config: Some(config_path),
             data_dir: Some(dir.path().into()),
+            unreachable_after_ms: Some(500),
+            replace_after_ms: Some(0),
             ..Cli::default()
         })
         .unwrap();
@@ -351,7 +353,7 @@ mod tests {
         (dir, rack)
     }
 
-    fn request(key: &str) -> ClaimRequest {
+    pub(crate) fn request(key: &str) -> ClaimRequest {
         ClaimRequest { deployment: "d".into(), key: key.into(), lease_ms: None }
     }
 

@@ -263,3 +263,42 @@ pub fn set_instance(
     })?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::tests::{rack_with_ready, request};
+
+    #[test]
+    fn a_silent_board_puts_claims_at_risk_and_gives_up_its_idle_instances() {
+        let (_dir, rack) = rack_with_ready(2);
+        let claim = rack.claim(request("s1")).unwrap();
+        rack.write(|w| {
+            w.tx.execute("UPDATE boards SET last_heartbeat_ms = 0", [])?;
+            Ok::<_, RackError>(())
+        })
+        .unwrap();
+        rack.sweep_reachability().unwrap();
+        let board = rack.board_view("b1").unwrap();
+        assert!(!board.reachable);
+        let claimed = rack.instance_view(&claim.instance).unwrap();
+        assert!(claimed.at_risk, "{claimed:?}");
+        assert_eq!(claimed.state, InstanceState::Claimed, "a claimed instance is never dropped");
+        // Past the replace grace (0 here) the idle instance is given up; the claimed one stays.
+        rack.sweep_reachability().unwrap();
+        let states: Vec<(String, InstanceState)> =
+            rack.instance_views(Some("d"), None).unwrap().into_iter().map(|i| (i.id, i.state)).collect();
+        assert!(states.contains(&(claim.instance.clone(), InstanceState::Claimed)), "{states:?}");
+        assert_eq!(states.iter().filter(|(_, s)| *s == InstanceState::Terminating).count(), 1, "{states:?}");
+        // A heartbeat brings the board back and clears the risk.
+        let ack = rack
+            .heartbeat(
+                "b1",
+                Heartbeat { applied_generation: 1, instances: vec![], journal: vec![], rejected: None },
+            )
+            .unwrap();
+        assert_eq!(ack.journal_ack, 0);
+        assert!(rack.board_view("b1").unwrap().reachable);
+        assert!(!rack.instance_view(&claim.instance).unwrap().at_risk);
+    }
+}

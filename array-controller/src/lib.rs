@@ -169,14 +169,10 @@ fn token(
         return Ok(token.to_string());
     }
     let path = data_dir.join(file);
-    let err = |source| ControllerError::Token { path: path.display().to_string(), source };
-    match std::fs::read_to_string(&path) {
-        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
-        Ok(_) | Err(_) => {
-            let token = service_kit::auth::new_token(prefix);
-            service_kit::files::write_private(&path, &token).map_err(err)?;
-            tracing::info!(path = %path.display(), "generated a token");
-            Ok(token)
-        }
+    let (token, created) = service_kit::files::load_or_create_token(&path, prefix)
+        .map_err(|source| ControllerError::Token { path: path.display().to_string(), source })?;
+    if created {
+        tracing::info!(path = %path.display(), "generated a token");
     }
+    Ok(token)
 }

@@ -96,6 +96,10 @@ enum Outcome {
         op: &'static str,
         error: DockerError,
     },
+    /// Nothing was done (no spec for a create).
+    Skipped {
+        instance: String,
+    },
 }
 
 pub struct Agent {
@@ -448,6 +452,7 @@ impl Agent {
                     record.container_id = None;
                 }
             }
+            Outcome::Skipped { instance } => tracing::debug!(instance, "nothing to create"),
             Outcome::Failed { instance, op, error } => {
                 self.parts.metrics.error(error.class());
                 let message = format!("{op} failed: {error}");
@@ -520,26 +525,17 @@ impl Agent {
             ProbeEvent::Recovered => {
                 Self::set_phase(&self.parts, &report.instance, record, InstancePhase::Ready, None);
             }
-            ProbeEvent::BootTimeout { detail } => {
-                Self::set_phase(
-                    &self.parts,
-                    &report.instance,
-                    record,
-                    InstancePhase::Failed,
-                    Some(detail.clone()),
-                );
-                anomaly = Some((AnomalyKind::BootTimeout, detail));
-            }
-            ProbeEvent::Unresponsive { detail } => {
-                Self::set_phase(
-                    &self.parts,
-                    &report.instance,
-                    record,
-                    InstancePhase::Failed,
-                    Some(detail.clone()),
-                );
-                anomaly = Some((AnomalyKind::AdbUnresponsive, detail));
-            }
+            ProbeEvent::BootTimeout { detail } => anomaly = Some((AnomalyKind::BootTimeout, detail)),
+            ProbeEvent::Unresponsive { detail } => anomaly = Some((AnomalyKind::AdbUnresponsive, detail)),
+        }
+        if let Some((_, detail)) = &anomaly {
+            Self::set_phase(
+                &self.parts,
+                &report.instance,
+                record,
+                InstancePhase::Failed,
+                Some(detail.clone()),
+            );
         }
         if let Some((kind, detail)) = anomaly {
             self.anomaly(kind, Some(&report.instance), detail);
@@ -656,11 +652,11 @@ async fn execute(
             },
             Err(error) => Outcome::Failed { instance, op: "start", error },
         },
-        Action::Create { instance } | Action::Replace { instance, .. } if spec.is_none() => Outcome::Failed {
-            instance,
-            op: "create",
-            error: DockerError::NameInUse { name: "(no spec: desired state changed during the pass)".into() },
-        },
+        // `decide` only creates instances of the same desired snapshot, so there is always a
+        // spec; without one there is nothing to create.
+        Action::Create { instance } | Action::Replace { instance, .. } if spec.is_none() => {
+            Outcome::Skipped { instance }
+        }
         Action::Create { instance } => create_and_start(docker, cpus, instance, spec, issued).await,
         Action::Replace { instance, container_id } => {
             if let Err(error) = docker.remove(&container_id).await {
@@ -678,7 +674,7 @@ async fn create_and_start(
     spec: Option<InstanceSpec>,
     issued: Instant,
 ) -> Outcome {
-    let spec = spec.expect("checked by the caller");
+    let Some(spec) = spec else { return Outcome::Skipped { instance } };
     let container_id = match docker.create(&spec, cpus).await {
         Ok(id) => id,
         Err(error) => return Outcome::Failed { instance, op: "create", error },

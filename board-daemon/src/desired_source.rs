@@ -8,7 +8,7 @@ use api::{BoardFacts, BoardLimits, DesiredState, SpecError};
 use service_kit::time::now_ms;
 use tokio::sync::{Mutex, watch};
 
-use crate::docker::{DockerError, DockerRuntime};
+use crate::docker::DockerRuntime;
 use crate::store::{Store, StoreError};
 
 /// Why a desired state was refused.
@@ -137,9 +137,6 @@ impl DesiredSource {
                         instance: instance.into(),
                         image: image.into(),
                     });
-                }
-                Err(err @ DockerError::Call { .. }) | Err(err @ DockerError::SocketMissing { .. }) => {
-                    return Err(DesiredError::DockerUnavailable(err.to_string()));
                 }
                 Err(err) => return Err(DesiredError::DockerUnavailable(err.to_string())),
             }

@@ -52,14 +52,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/facts", get(facts))
         .route("/v1/desired", get(get_desired).put(put_desired))
         .route("/v1/journal", get(journal))
-        .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
-        .method_not_allowed_fallback(|| async {
-            HttpError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this endpoint does not take that method",
-            )
-        })
+        .fallback(service_kit::http_error::no_such_endpoint)
+        .method_not_allowed_fallback(service_kit::http_error::method_not_allowed)
         .with_state(state)
 }
 

@@ -211,20 +211,12 @@ fn api_token(config: &Config) -> Result<String, DaemonError> {
         return Ok(token.clone());
     }
     let path = token_path(&config.data_dir);
-    let err = |source| DaemonError::Token { path: path.display().to_string(), source };
-    match std::fs::read_to_string(&path) {
-        Ok(token) if !token.trim().is_empty() => Ok(token.trim().to_string()),
-        Ok(_) | Err(_)
-            if !path.exists() || std::fs::metadata(&path).map(|m| m.len() == 0).unwrap_or(false) =>
-        {
-            let token = service_kit::auth::new_token("board");
-            service_kit::files::write_private(&path, &token).map_err(err)?;
-            tracing::info!(path = %path.display(), "generated an API token");
-            Ok(token)
-        }
-        Ok(_) => unreachable!("an empty token file is handled above"),
-        Err(source) => Err(err(source)),
+    let (token, created) = service_kit::files::load_or_create_token(&path, "board")
+        .map_err(|source| DaemonError::Token { path: path.display().to_string(), source })?;
+    if created {
+        tracing::info!(path = %path.display(), "generated an API token");
     }
+    Ok(token)
 }
 
 /// Where the generated API token is kept.

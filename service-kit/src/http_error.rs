@@ -102,3 +102,17 @@ where
         }
     }
 }
+
+/// Router fallback for unknown paths.
+pub async fn no_such_endpoint() -> HttpError {
+    HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// Router fallback for a known path with the wrong method.
+pub async fn method_not_allowed() -> HttpError {
+    HttpError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}

@@ -72,14 +72,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/claims/renew", post(claims::renew))
         .route("/v1/claims/{key}", get(claims::get).delete(claims::release))
         .route("/v1/events", get(operator::events))
-        .fallback(|| async { HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
-        .method_not_allowed_fallback(|| async {
-            HttpError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this endpoint does not take that method",
-            )
-        })
+        .fallback(service_kit::http_error::no_such_endpoint)
+        .method_not_allowed_fallback(service_kit::http_error::method_not_allowed)
         .with_state(state)
 }
 

@@ -57,7 +57,8 @@ impl Rack {
                     w.tx.execute("UPDATE instances SET container_id = ?2 WHERE id = ?1", params![row.id, report.container_id])?;
                 }
                 if row.at_risk {
-                    set_instance(w, &row, row.state, row.reason.clone(), false)?;
+                    // The board is back: the session is no longer at risk.
+                    set_instance(w, &row, row.state, None, false)?;
                 }
                 match lifecycle::observe(row.state, row.generation, row.reset_epoch, report) {
                     Transition::Stay => {}
@@ -299,6 +300,8 @@ mod tests {
             .unwrap();
         assert_eq!(ack.journal_ack, 0);
         assert!(rack.board_view("b1").unwrap().reachable);
-        assert!(!rack.instance_view(&claim.instance).unwrap().at_risk);
+        let recovered = rack.instance_view(&claim.instance).unwrap();
+        assert!(!recovered.at_risk);
+        assert_eq!(recovered.reason, None);
     }
 }

@@ -47,7 +47,8 @@ impl Rack {
             }
             let reports: HashMap<&str, &api::InstanceStatus> =
                 heartbeat.instances.iter().map(|s| (s.id.as_str(), s)).collect();
-            let mut pools_changed = false;
+            // A board that was unreachable is room again.
+            let mut pools_changed = !board.reachable;
             for row in rows::instances_where(&w.tx, "board_id = ?1", [board_id])? {
                 let report = reports.get(row.id.as_str()).copied();
                 if let Some(report) = report

@@ -146,14 +146,16 @@ async fn sweep_loop(rack: Arc<Rack>) {
 
 /// Reconciles pools whenever something changed, and at least every slow sweep.
 async fn pool_loop(rack: Arc<Rack>) {
+    // The first pass, and every pass after a change, retries unmet pools at once.
+    let mut changed = true;
     loop {
-        if let Err(err) = rack.reconcile_pools() {
+        if let Err(err) = rack.reconcile_pools(changed) {
             tracing::error!(error = %err, "pool reconcile failed");
         }
         tokio::select! {
             _ = rack.shutdown.cancelled() => return,
-            _ = rack.pools_changed.notified() => {}
-            _ = tokio::time::sleep(SLOW_SWEEP) => {}
+            _ = rack.pools_changed.notified() => changed = true,
+            _ = tokio::time::sleep(SLOW_SWEEP) => changed = false,
         }
     }
 }

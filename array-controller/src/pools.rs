@@ -4,6 +4,7 @@
 //! are placed together, so the packer can order the whole demand.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use api::rack::{DeploymentSpec, InstanceState, RackEventBody};
 
@@ -14,9 +15,16 @@ use crate::placement::{self, Outcome};
 use crate::rack::Rack;
 use crate::rows::{self, InstanceRow};
 
+/// How often the timer retries a pool that could not be filled, when nothing changed. Placing
+/// an unmet demand is the packer's expensive case (it tries several orders and repairs), and
+/// it runs under the write lock.
+pub const UNMET_RETRY: Duration = Duration::from_secs(10);
+
 impl Rack {
-    /// One pass over every deployment.
-    pub fn reconcile_pools(&self) -> Result<(), RackError> {
+    /// One pass over every deployment. `changed` says something happened that may make room
+    /// (a board enrolled, an instance went away, a deployment changed): unmet pools are then
+    /// retried at once, otherwise only every [`UNMET_RETRY`].
+    pub fn reconcile_pools(&self, changed: bool) -> Result<(), RackError> {
         self.write(|w| {
             let deployments = rows::deployments(&w.tx)?;
             // The common case, every pool at its size, costs one indexed query.
@@ -32,7 +40,7 @@ impl Rack {
                 let (have, wanted) = (live.get(id).copied().unwrap_or(0), spec.pool_size as usize);
                 if have > wanted {
                     shrink(w, id, have - wanted)?;
-                } else if have < wanted {
+                } else if have < wanted && (changed || self.retry_due(id)) {
                     short.push((id, spec, wanted - have));
                 }
             }
@@ -87,15 +95,22 @@ impl Rack {
         let mut failures = self.placement_failures.lock().unwrap_or_else(|p| p.into_inner());
         if outcome.unplaced_reasons.is_empty() {
             failures.remove(id);
-        } else if failures.get(id) != Some(&outcome.unplaced_reasons) {
+        } else if failures.get(id).map(|(reasons, _)| reasons) != Some(&outcome.unplaced_reasons) {
             tracing::warn!(deployment = %id, reasons = ?outcome.unplaced_reasons, "cannot place every instance");
             w.emit(RackEventBody::PlacementFailed {
                 deployment: id.to_string(),
                 reasons: outcome.unplaced_reasons.clone(),
             })?;
-            failures.insert(id.to_string(), outcome.unplaced_reasons);
+            failures.insert(id.to_string(), (outcome.unplaced_reasons, Instant::now()));
+        } else if let Some((_, when)) = failures.get_mut(id) {
+            *when = Instant::now();
         }
         Ok(())
+    }
+
+    fn retry_due(&self, id: &str) -> bool {
+        let failures = self.placement_failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.get(id).is_none_or(|(_, when)| when.elapsed() >= UNMET_RETRY)
     }
 }
 

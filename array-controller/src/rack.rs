@@ -24,9 +24,9 @@ pub struct Rack {
     /// Wakes the pool reconciler (deployment changed, board became usable, instance went away).
     pub pools_changed: Notify,
     desired: Mutex<HashMap<String, watch::Sender<u64>>>,
-    /// Last placement failure reported per deployment, so an unmet pool is reported when its
-    /// reasons change, not on every pass.
-    pub placement_failures: Mutex<HashMap<String, Vec<String>>>,
+    /// Last placement failure per deployment (reasons, when): an unmet pool is reported when
+    /// its reasons change, and retried by the timer only every [`crate::pools::UNMET_RETRY`].
+    pub placement_failures: Mutex<HashMap<String, (Vec<String>, std::time::Instant)>>,
 }
 
 impl Rack {

@@ -27,7 +27,11 @@
 //! the dominant share relative to each board, which piles flexible instances onto big boards
 //! that others need. What matters more is the order: [`place_all`] places a whole target mix
 //! most constrained first (fewest boards it may run on) and interleaves the rest, which closes
-//! most of the gap to the optimum that placing deployment by deployment leaves.
+//! most of the gap to the optimum that placing deployment by deployment leaves. When an instance
+//! of the batch fits nowhere, [`place_all`] moves up to a few instances of the same batch to
+//! other boards to make room for it; and when the whole mix still does not fit, it tries a few
+//! other orders and measures of fit on copies of the boards and keeps the pass that places the
+//! most (the reach-ordered pass on a tie).
 
 pub mod classes;
 pub mod invariants;

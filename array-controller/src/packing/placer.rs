@@ -106,14 +106,26 @@ pub struct Batch {
 
 /// Places one instance: the board the policy prefers among those that fit, with its resources.
 pub fn place(boards: &[BoardState], request: &PlacementRequest, policy: Policy) -> Result<Placement, NoFit> {
-    let scale = scale(boards);
-    let mut best: Option<(Load, Placement)> = None;
+    choose(boards, request, &scale(boards), None, |load| load.score(policy))
+}
+
+/// The board with the lowest `score` among those that fit (the first listed on a tie), with
+/// its placement, or why no board fits.
+fn choose(
+    boards: &[BoardState],
+    request: &PlacementRequest,
+    scale: &Scale,
+    skip: Option<usize>,
+    score: impl Fn(&Load) -> f64,
+) -> Result<Placement, NoFit> {
+    let mut best: Option<(f64, Placement)> = None;
     let mut rejected = Vec::new();
-    for board in boards {
-        match fit(board, request, &scale) {
+    for (_, board) in boards.iter().enumerate().filter(|(i, _)| Some(*i) != skip) {
+        match fit(board, request, scale) {
             Ok((placement, load)) => {
-                if best.as_ref().is_none_or(|(l, _)| load.beats(*l, policy)) {
-                    best = Some((load, placement));
+                let s = score(&load);
+                if best.as_ref().is_none_or(|(b, _)| s < *b) {
+                    best = Some((s, placement));
                 }
             }
             Err(reason) => rejected.push(Rejected { board: board.id.clone(), reason }),
@@ -152,13 +164,118 @@ pub fn place_many(
 /// gets a mix that uses its resources evenly rather than running out of one early. A request
 /// that fits nowhere stops; the others go on. Returns one [`Batch`] per request, in the order
 /// given.
+///
+/// An instance that fits nowhere is not given up at once: on the first board that may run it
+/// where moving up to [`MAX_MOVES`] instances of this batch to other boards makes room, they
+/// are moved and it goes there (instances placed before the call never move).
+///
+/// When that first pass cannot place everything, a few other passes are tried on copies of the
+/// boards (other orders and, under [`Policy::FillFirst`], other measures of fit, the
+/// least-loaded one included) and the one that places the most instances is kept (the first
+/// pass on a tie). Under [`Policy::Spread`] only the order changes: every pass still picks the
+/// least loaded board. When everything fits, only the first pass runs.
 pub fn place_all(
     boards: &mut [BoardState],
     demand: &[(PlacementRequest, usize)],
     policy: Policy,
 ) -> Vec<Batch> {
-    let eligible: Vec<usize> =
+    let wanted: usize = demand.iter().map(|(_, n)| n).sum();
+    let mut best: Option<(usize, Vec<BoardState>, Vec<Batch>)> = None;
+    for pass in passes(policy) {
+        let mut trial = boards.to_vec();
+        let batches = run_pass(&mut trial, demand, pass);
+        let placed: usize = batches.iter().map(|b| b.placed.len()).sum();
+        if best.as_ref().is_none_or(|(most, _, _)| placed > *most) {
+            let done = placed == wanted;
+            best = Some((placed, trial, batches));
+            if done {
+                break;
+            }
+        }
+    }
+    let (_, trial, batches) = best.expect("there is always a pass");
+    boards.clone_from_slice(&trial);
+    batches
+}
+
+/// One way of placing a whole demand: the order of the instances and the measure of fit.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    order: Order,
+    fit: Fit,
+}
+
+/// The order in which [`place_all`] takes the instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Fewest eligible boards first; requests with as many interleaved by count.
+    Tiered,
+    /// Fewest eligible boards first; among requests with as many, the biggest first (its
+    /// dominant share of the largest board), all of its instances before the next.
+    TieredBigFirst,
+    /// Every request interleaved by count, whatever its reach.
+    Interleaved,
+    /// The requests that may run on the fewest boards first, then all the others interleaved.
+    FewestFirst,
+}
+
+/// How a pass scores the boards that fit (lowest wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    /// As [`place`] does under the policy.
+    Policy(Policy),
+    /// Sum of the room left in every resource (as a fraction of the rack's largest board).
+    SumLeft,
+    /// Room left in every resource weighted by how scarce it is for the demand (demanded over
+    /// free on the boards), so the resources the demand runs short of are filled most tightly.
+    Scarce,
+    /// Sum of the room left in every resource as a fraction of the board's own capacity.
+    Relative,
+    /// The board whose free resources have the shape of the request (cosine).
+    Align,
+    /// Room left (as [`Fit::Policy`] under fill-first) scaled by how badly the request's shape
+    /// matches the board's free resources.
+    AlignLeft,
+}
+
+/// The passes [`place_all`] tries, in order; the first is the plain one.
+fn passes(policy: Policy) -> Vec<Pass> {
+    let pass = |order, fit| Pass { order, fit };
+    match policy {
+        Policy::FillFirst => vec![
+            pass(Order::Tiered, Fit::Policy(policy)),
+            pass(Order::Tiered, Fit::AlignLeft),
+            pass(Order::Tiered, Fit::SumLeft),
+            pass(Order::Interleaved, Fit::Relative),
+            pass(Order::FewestFirst, Fit::Relative),
+            pass(Order::Tiered, Fit::Policy(Policy::Spread)),
+            pass(Order::TieredBigFirst, Fit::Policy(Policy::Spread)),
+            pass(Order::FewestFirst, Fit::AlignLeft),
+            pass(Order::Interleaved, Fit::Align),
+            pass(Order::Tiered, Fit::Scarce),
+        ],
+        Policy::Spread => {
+            vec![pass(Order::Tiered, Fit::Policy(policy)), pass(Order::TieredBigFirst, Fit::Policy(policy))]
+        }
+    }
+}
+
+/// Places the demand in one pass (see [`place_all`]).
+fn run_pass(boards: &mut [BoardState], demand: &[(PlacementRequest, usize)], pass: Pass) -> Vec<Batch> {
+    let scale = scale(boards);
+    let mut eligible: Vec<usize> =
         demand.iter().map(|(req, _)| boards.iter().filter(|b| admits(b, req).is_ok()).count()).collect();
+    let fewest = eligible.iter().copied().min().unwrap_or(0);
+    match pass.order {
+        Order::Interleaved => eligible.iter_mut().for_each(|e| *e = 0),
+        Order::FewestFirst => eligible.iter_mut().for_each(|e| *e = usize::from(*e > fewest)),
+        Order::Tiered | Order::TieredBigFirst => {}
+    }
+    let weights = match pass.fit {
+        Fit::Scarce => scarcity(boards, demand),
+        _ => [1.0; 4],
+    };
+    let size: Vec<f64> = demand.iter().map(|(req, _)| dominant(req, &scale)).collect();
     let mut tiers = eligible.clone();
     tiers.sort_unstable();
     tiers.dedup();
@@ -168,26 +285,181 @@ pub fn place_all(
         let mut open: Vec<usize> =
             (0..demand.len()).filter(|&i| eligible[i] == tier && demand[i].1 > 0).collect();
         while !open.is_empty() {
-            let total: i64 = open.iter().map(|&i| demand[i].1 as i64).sum();
-            for &i in &open {
-                credit[i] += demand[i].1 as i64;
-            }
-            let next =
-                *open.iter().max_by_key(|&&i| (credit[i], std::cmp::Reverse(i))).expect("open is not empty");
-            credit[next] -= total;
-            match place(boards, &demand[next].0, policy) {
+            let next = match pass.order {
+                Order::Tiered | Order::Interleaved | Order::FewestFirst => {
+                    let total: i64 = open.iter().map(|&i| demand[i].1 as i64).sum();
+                    for &i in &open {
+                        credit[i] += demand[i].1 as i64;
+                    }
+                    let next = *open
+                        .iter()
+                        .max_by_key(|&&i| (credit[i], std::cmp::Reverse(i)))
+                        .expect("open is not empty");
+                    credit[next] -= total;
+                    next
+                }
+                Order::TieredBigFirst => *open
+                    .iter()
+                    .min_by(|&&a, &&b| size[b].total_cmp(&size[a]).then(a.cmp(&b)))
+                    .expect("open is not empty"),
+            };
+            let placed = choose(boards, &demand[next].0, &scale, None, |load| match pass.fit {
+                Fit::Policy(policy) => load.score(policy),
+                Fit::SumLeft => load.after.iter().sum(),
+                Fit::Scarce => load.after.iter().zip(&weights).map(|(a, w)| a * w).sum(),
+                Fit::Relative => load.relative.iter().sum(),
+                Fit::Align => -load.alignment(),
+                Fit::AlignLeft => load.left * (1.0 - load.alignment()),
+            });
+            match placed {
                 Ok(p) => {
                     if let Some(board) = boards.iter_mut().find(|b| b.id == p.board_id) {
                         board.placed.push(p.clone());
                     }
                     batches[next].placed.push(p);
                 }
-                Err(no_fit) => batches[next].failure = Some(no_fit),
+                Err(no_fit) => match make_room(boards, demand, &mut batches, next, &scale) {
+                    Some(p) => batches[next].placed.push(p),
+                    None => batches[next].failure = Some(no_fit),
+                },
             }
             open.retain(|&i| batches[i].failure.is_none() && batches[i].placed.len() < demand[i].1);
         }
     }
     batches
+}
+
+/// Most instances [`make_room`] moves off one board.
+const MAX_MOVES: usize = 8;
+
+/// When request `r` fits nowhere: on the first board that admits it where moving up to
+/// [`MAX_MOVES`] instances of this batch to other boards (best fit) lets it fit, moves them and
+/// places it there. Instances that were on the boards before the batch never move. Returns
+/// the placement of `r` (already on its board), or `None` with nothing changed.
+fn make_room(
+    boards: &mut [BoardState],
+    demand: &[(PlacementRequest, usize)],
+    batches: &mut [Batch],
+    r: usize,
+    scale: &Scale,
+) -> Option<Placement> {
+    let req = &demand[r].0;
+    let amounts_of = |millicores: u32, memory: u64, gpu: u32, encoder: u32| {
+        [f64::from(millicores), memory as f64, f64::from(gpu), f64::from(encoder)]
+    };
+    let want = amounts_of(req.millicores, req.memory_mib, req.gpu_slots, req.encoder_slots);
+    for b in 0..boards.len() {
+        if admits(&boards[b], req).is_err() {
+            continue;
+        }
+        if !batches.iter().any(|batch| batch.placed.iter().any(|p| p.board_id == boards[b].id)) {
+            continue;
+        }
+        // Moves made on this board: (request, index in its batch, old placement, its position
+        // on board `b`, board it went to).
+        let mut undo: Vec<(usize, usize, Placement, usize, usize)> = Vec::new();
+        for moves in 0..=MAX_MOVES {
+            if let Ok((p, _)) = fit(&boards[b], req, scale) {
+                boards[b].placed.push(p.clone());
+                return Some(p);
+            }
+            if moves == MAX_MOVES {
+                break;
+            }
+            // What the board lacks for `r`, and the instances of this batch on it, those that
+            // cover most of it first.
+            let cap = &boards[b].capacity;
+            let usage = BoardUsage::of(&boards[b].placed);
+            let free = amounts_of(
+                cap.millicores.saturating_sub(usage.millicores),
+                cap.memory_mib.saturating_sub(usage.memory_mib),
+                cap.gpu_slots.saturating_sub(usage.gpu_slots),
+                cap.encoder_slots.saturating_sub(usage.encoder_slots),
+            );
+            let mut movable: Vec<(f64, usize, usize)> = Vec::new();
+            for (j, batch) in batches.iter().enumerate() {
+                for (k, p) in batch.placed.iter().enumerate().filter(|(_, p)| p.board_id == boards[b].id) {
+                    let has = amounts_of(p.millicores, p.memory_mib, p.gpu_slots, p.encoder_slots);
+                    let cover: f64 = (0..4)
+                        .filter(|&d| want[d] > free[d])
+                        .map(|d| has[d].min(want[d] - free[d]) / (want[d] - free[d]))
+                        .sum();
+                    if cover > 0.0 {
+                        movable.push((cover, j, k));
+                    }
+                }
+            }
+            movable.sort_by(|x, y| y.0.total_cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
+            let mut moved = false;
+            for &(_, j, k) in &movable {
+                let old = batches[j].placed[k].clone();
+                let at =
+                    boards[b].placed.iter().position(|q| *q == old).expect("the instance is on its board");
+                boards[b].placed.remove(at);
+                match choose(boards, &demand[j].0, scale, Some(b), |load| load.left) {
+                    Ok(p) => {
+                        let to = boards.iter().position(|x| x.id == p.board_id).expect("a board of the rack");
+                        boards[to].placed.push(p.clone());
+                        batches[j].placed[k] = p;
+                        undo.push((j, k, old, at, to));
+                        moved = true;
+                        break;
+                    }
+                    Err(_) => boards[b].placed.insert(at, old),
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        for (j, k, old, at, to) in undo.into_iter().rev() {
+            boards[to].placed.pop();
+            boards[b].placed.insert(at, old.clone());
+            batches[j].placed[k] = old;
+        }
+    }
+    None
+}
+
+/// The request's largest need of CPU, memory, GPU or encoder slots, as a fraction of the most
+/// any board has.
+fn dominant(req: &PlacementRequest, scale: &Scale) -> f64 {
+    let need = [
+        f64::from(req.millicores),
+        req.memory_mib as f64,
+        f64::from(req.gpu_slots),
+        f64::from(req.encoder_slots),
+    ];
+    need.iter().zip(scale).filter(|(_, s)| **s > 0).map(|(n, s)| n / *s as f64).fold(0.0, f64::max)
+}
+
+/// For CPU, memory, GPU and encoder slots: what the demand needs over what the boards that
+/// admit some of it have free (0 when nothing is free).
+fn scarcity(boards: &[BoardState], demand: &[(PlacementRequest, usize)]) -> [f64; 4] {
+    let mut need = [0.0; 4];
+    for (req, n) in demand {
+        let n = *n as f64;
+        need[0] += f64::from(req.millicores) * n;
+        need[1] += req.memory_mib as f64 * n;
+        need[2] += f64::from(req.gpu_slots) * n;
+        need[3] += f64::from(req.encoder_slots) * n;
+    }
+    let mut free = [0.0; 4];
+    for board in boards.iter().filter(|b| demand.iter().any(|(req, _)| admits(b, req).is_ok())) {
+        let usage = BoardUsage::of(&board.placed);
+        let cap = &board.capacity;
+        free[0] += f64::from(cap.millicores.saturating_sub(usage.millicores));
+        free[1] += cap.memory_mib.saturating_sub(usage.memory_mib) as f64;
+        free[2] += f64::from(cap.gpu_slots.saturating_sub(usage.gpu_slots));
+        free[3] += f64::from(cap.encoder_slots.saturating_sub(usage.encoder_slots));
+    }
+    let mut weights = [0.0; 4];
+    for d in 0..4 {
+        if free[d] > 0.0 {
+            weights[d] = need[d] / free[d];
+        }
+    }
+    weights
 }
 
 /// Whether the board may ever run the request, whatever it runs now: cordon, readiness,
@@ -277,6 +549,15 @@ struct Load {
     /// slots, each as a fraction of the most any board of the rack has of it. Host ports are
     /// left out: every board tends to have the same range, so they say nothing about size.
     left: f64,
+    /// Room left after placing in CPU, memory, GPU and encoder slots, each as a fraction of the
+    /// most any board of the rack has of it.
+    after: [f64; 4],
+    /// Room left after placing in CPU, memory, GPU and encoder slots, each as a fraction of
+    /// what the board has of it.
+    relative: [f64; 4],
+    /// The request's needs in CPU, memory, GPU and encoder slots, each as a fraction of what
+    /// the board has of it.
+    need: [f64; 4],
 }
 
 /// A board's resources in the order [`Load`] looks at them (CPU, memory, GPU, encoder, ports).
@@ -320,25 +601,37 @@ impl Load {
             u64::from(req.encoder_slots),
             PORTS_PER_INSTANCE as u64,
         ];
-        let mut load = Load { now: 0.0, left: 0.0 };
+        let mut load = Load { now: 0.0, left: 0.0, after: [0.0; 4], relative: [0.0; 4], need: [0.0; 4] };
         for d in 0..5 {
             if cap[d] > 0 {
                 load.now = load.now.max(used[d] as f64 / cap[d] as f64);
                 if d < 4 {
                     let left = cap[d].saturating_sub(used[d] + need[d]);
-                    load.left = load.left.max(left as f64 / scale[d] as f64);
+                    load.after[d] = left as f64 / scale[d] as f64;
+                    load.relative[d] = left as f64 / cap[d] as f64;
+                    load.need[d] = need[d] as f64 / cap[d] as f64;
+                    load.left = load.left.max(load.after[d]);
                 }
             }
         }
         load
     }
 
-    /// True when `self` is a better board than `other` under `policy`; on a tie the board
-    /// listed first stays.
-    fn beats(self, other: Load, policy: Policy) -> bool {
+    /// Cosine of the angle between the request's needs and the board's free resources (both
+    /// relative to the board): 1 when the request has the shape of the room it leaves.
+    fn alignment(&self) -> f64 {
+        let free: Vec<f64> = self.relative.iter().zip(&self.need).map(|(r, n)| r + n).collect();
+        let dot: f64 = free.iter().zip(&self.need).map(|(f, n)| f * n).sum();
+        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let (a, b) = (norm(&free), norm(&self.need));
+        if a > 0.0 && b > 0.0 { dot / (a * b) } else { 0.0 }
+    }
+
+    /// What `policy` minimises: the room left (fill-first) or the load now (spread).
+    fn score(&self, policy: Policy) -> f64 {
         match policy {
-            Policy::FillFirst => self.left < other.left,
-            Policy::Spread => self.now < other.now,
+            Policy::FillFirst => self.left,
+            Policy::Spread => self.now,
         }
     }
 }
@@ -532,5 +825,30 @@ mod tests {
         let stop = place_all(&mut boards, &[(request(1000, 20_000), 1), (request(1, 1), 2)], Policy::Spread);
         assert!(stop[0].failure.is_some() && stop[0].placed.is_empty());
         assert_eq!(stop[1].placed.len(), 2);
+    }
+
+    #[test]
+    fn make_room_moves_instances_of_the_batch_only() {
+        let mut boards = vec![small_board("s", "aarch64"), board("a")];
+        let (a, b) = (request(500, 3000), request(3000, 3000));
+        let demand = [(a.clone(), 1), (b.clone(), 3)];
+        let scale = scale(&boards);
+        let mut batches = vec![Batch { placed: Vec::new(), failure: None }; 2];
+        // a on the small board, two b on the big one: the third b fits nowhere.
+        batches[0].placed.push(push(&mut boards[..1], &a, Policy::FillFirst));
+        for _ in 0..2 {
+            batches[1].placed.push(push(&mut boards[1..], &b, Policy::FillFirst));
+        }
+        assert!(place(&boards, &b, Policy::FillFirst).is_err());
+        // Placed before the batch, a does not move.
+        let mut before = vec![Batch { placed: Vec::new(), failure: None }, batches[1].clone()];
+        let mut fixed = boards.clone();
+        assert!(make_room(&mut fixed, &demand, &mut before, 1, &scale).is_none());
+        assert_eq!(fixed, boards);
+        // Part of the batch, a moves to the big board and b takes the small one.
+        let p = make_room(&mut boards, &demand, &mut batches, 1, &scale).unwrap();
+        assert_eq!((p.board_id.as_str(), batches[0].placed[0].board_id.as_str()), ("s", "a"));
+        assert_eq!(boards.iter().map(|x| x.placed.len()).collect::<Vec<_>>(), vec![1, 3]);
+        boards.iter().for_each(|x| check_board(x).unwrap());
     }
 }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// JSON body of every 4xx/5xx answer: a stable machine-readable code and a message a person can
 /// act on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     /// Stable, snake_case error code (for example `port_conflict`).

@@ -1,6 +1,7 @@
 //! Wire types shared by the appliance's services: plain serde structs and enums with their
 //! validation rules. Nothing here performs I/O, so every service and test can depend on it.
 
+pub mod broker;
 pub mod desired;
 pub mod error;
 pub mod facts;

@@ -159,6 +159,7 @@ pub struct HeartbeatAck {
 
 /// How a released instance is returned to a clean state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ResetPolicy {
     /// Recreate the container from its image (clean state).
@@ -170,6 +171,7 @@ pub enum ResetPolicy {
 
 /// Which cores an instance is pinned to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Pinning {
     /// The big (highest-capacity) cores only.
@@ -181,6 +183,7 @@ pub enum Pinning {
 
 /// Display of an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Display {
     pub width: u32,
@@ -197,6 +200,7 @@ impl Default for Display {
 
 /// What one Android instance of a game needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct InstanceProfile {
     /// CPU in thousandths of a core.
@@ -230,6 +234,7 @@ fn default_boot_timeout() -> u32 {
 
 /// Placement constraints beyond architecture.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Constraints {
     /// Board labels that must all match.

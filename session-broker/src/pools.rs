@@ -1,0 +1,182 @@
+//! Pools: the broker sets each rack's pool size per deployment so the region keeps its warm
+//! target. A rack's pool is its share of the region's warm target plus its claimed instances
+//! plus what the cold path asked of it, so every claim makes the rack start a replacement and
+//! every release lets it shrink back. Old versions keep only their claimed instances (they
+//! drain as sessions end). Sizes are pushed to controllers whenever something changed and
+//! re-sent every [`RESEND`] (a controller that restarted or was unreachable catches up).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::broker::RackHealth;
+
+use crate::broker::Broker;
+use crate::catalog::{deployment_id, deployment_spec};
+use crate::metrics::Metrics;
+
+const RESEND: Duration = Duration::from_secs(10);
+
+/// Asks `rack` for one more instance of `deployment` (the cold path).
+pub fn cold_start(broker: &Broker, rack: &str, deployment: &str) {
+    *broker
+        .cold_starts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry((rack.into(), deployment.into()))
+        .or_insert(0) += 1;
+    broker.pools_changed.notify_one();
+}
+
+/// The session that asked for a cold start was placed or gave up.
+pub fn cold_start_done(broker: &Broker, rack: &str, deployment: &str) {
+    let mut cold = broker.cold_starts.lock().unwrap_or_else(|p| p.into_inner());
+    let key = (rack.to_string(), deployment.to_string());
+    if let Some(n) = cold.get_mut(&key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            cold.remove(&key);
+        }
+    }
+    drop(cold);
+    broker.pools_changed.notify_one();
+}
+
+/// Splits `warm` over `racks` (sorted): equal shares, the remainder to the first ones.
+pub fn split(warm: u32, racks: &[String]) -> BTreeMap<String, u32> {
+    let n = racks.len() as u32;
+    racks
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.clone(), if n == 0 { 0 } else { warm / n + u32::from((i as u32) < warm % n) }))
+        .collect()
+}
+
+/// One pool size to push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolTarget {
+    pub rack: String,
+    pub game: String,
+    pub version: String,
+    pub deployment: String,
+    pub pool_size: u32,
+}
+
+/// Every pool size the racks should hold now.
+pub fn targets(broker: &Broker) -> Vec<PoolTarget> {
+    let games = broker.catalog.games();
+    let cold = broker.cold_starts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let after = broker.config.rack_unreachable_after;
+    let racks = broker.racks();
+    // Reachable racks per region share the warm targets.
+    let mut by_region: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for rack in racks.values() {
+        if let Some(region) = &rack.region
+            && rack.health(after).0 != RackHealth::Unreachable
+        {
+            by_region.entry(region.clone()).or_default().push(rack.id.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for (game, entry) in &games {
+        let current = entry.current().map(|(v, _)| v.to_string());
+        for (region, members) in &by_region {
+            let shares = split(entry.warm_targets.get(region).copied().unwrap_or(0), members);
+            for rack_id in members {
+                let rack = &racks[rack_id];
+                for version in entry.versions.keys() {
+                    let deployment = deployment_id(game, version);
+                    let active = rack.stock_of(&deployment).active;
+                    let is_current = current.as_deref() == Some(version.as_str());
+                    let want = if is_current {
+                        shares[rack_id]
+                            + active
+                            + cold.get(&(rack_id.clone(), deployment.clone())).copied().unwrap_or(0)
+                    } else {
+                        active
+                    };
+                    // Never create an empty deployment on a rack that does not have it.
+                    if want == 0 && !rack.pool_sizes.contains_key(&deployment) {
+                        continue;
+                    }
+                    out.push(PoolTarget {
+                        rack: rack_id.clone(),
+                        game: game.clone(),
+                        version: version.clone(),
+                        deployment,
+                        pool_size: want,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Pushes pool sizes that differ from what each rack holds, on every change and every
+/// [`RESEND`].
+pub async fn run(broker: Arc<Broker>) {
+    let mut last_full = Instant::now();
+    // Errors are logged once per (rack, deployment, code) until it succeeds again.
+    let mut reported: HashMap<(String, String), String> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = broker.shutdown.cancelled() => return,
+            _ = broker.pools_changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let full = last_full.elapsed() >= RESEND;
+        if full {
+            last_full = Instant::now();
+        }
+        for t in targets(&broker) {
+            let (held, target) = broker
+                .with_rack(&t.rack, |r| (r.pool_sizes.get(&t.deployment).copied(), r.target.clone()))
+                .unwrap_or((None, None));
+            let Some(target) = target else { continue };
+            if held == Some(t.pool_size) && !full {
+                continue;
+            }
+            let Some(spec) = broker.catalog.game(&t.game).and_then(|g| g.versions.get(&t.version).cloned())
+            else {
+                continue;
+            };
+            let spec = deployment_spec(&t.game, &t.version, &spec, t.pool_size);
+            let key = (t.rack.clone(), t.deployment.clone());
+            match broker.controllers.put_deployment(&target, &t.deployment, &spec).await {
+                Ok(view) => {
+                    Metrics::outcome(&broker.metrics.pool_updates, "ok");
+                    broker.with_rack(&t.rack, |r| {
+                        r.pool_sizes.insert(t.deployment.clone(), view.spec.pool_size);
+                        r.deployments.insert(t.deployment.clone(), t.game.clone());
+                    });
+                    if reported.remove(&key).is_some() || held != Some(t.pool_size) {
+                        tracing::info!(rack = %t.rack, deployment = %t.deployment, pool_size = t.pool_size, "pool size set");
+                    }
+                }
+                Err(err) => {
+                    Metrics::outcome(&broker.metrics.pool_updates, "failed");
+                    let text = err.to_string();
+                    if reported.get(&key) != Some(&text) {
+                        tracing::warn!(rack = %t.rack, deployment = %t.deployment, error = %text, "cannot set the pool size");
+                        reported.insert(key, text);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_add_up_to_the_target() {
+        let racks: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let s = split(7, &racks);
+        assert_eq!(s.values().sum::<u32>(), 7);
+        assert_eq!((s["a"], s["b"], s["c"]), (3, 2, 2));
+        assert!(split(3, &[]).is_empty());
+    }
+}

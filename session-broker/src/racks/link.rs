@@ -1,0 +1,176 @@
+//! Following a rack's event stream: one task per rack, resuming after the last sequence it
+//! applied, so a reconnect misses nothing. Instance events keep the rack's stock current;
+//! deployment events its pool sizes; a `gap` (the rack compacted events this task never saw)
+//! is answered by reading every instance afresh.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::rack::{RackEvent, RackEventBody};
+use tokio::time::Instant;
+
+use crate::broker::Broker;
+use crate::racks::client::Target;
+use crate::racks::registry::InstanceEntry;
+
+/// Silence on the stream this long means the connection is dead (the controller sends
+/// keep-alives far more often).
+const STREAM_SILENCE: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Starts the rack's follower unless it runs already.
+pub fn ensure(broker: &Arc<Broker>, rack: &str) {
+    let mut links = broker.links.lock().unwrap_or_else(|p| p.into_inner());
+    if links.insert(rack.to_string()) {
+        tokio::spawn(follow(broker.clone(), rack.to_string()));
+    }
+}
+
+async fn follow(broker: Arc<Broker>, rack: String) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if broker.shutdown.is_cancelled() {
+            return;
+        }
+        let target = broker.with_rack(&rack, |r| r.target.clone()).flatten();
+        if let Some(target) = target {
+            match stream_once(&broker, &rack, &target).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(err) => tracing::debug!(rack = %rack, error = %err, "event stream failed"),
+            }
+            broker.with_rack(&rack, |r| {
+                if r.stream_connected {
+                    r.stream_connected = false;
+                    r.stream_down_since = Some(std::time::Instant::now());
+                }
+            });
+        }
+        tokio::select! {
+            _ = broker.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One connection: refresh the deployments, then apply events until the stream ends.
+async fn stream_once(broker: &Arc<Broker>, rack: &str, target: &Target) -> Result<(), String> {
+    let deployments = broker.controllers.deployments(target).await.map_err(|e| e.to_string())?;
+    broker.with_rack(rack, |r| {
+        for d in &deployments {
+            r.deployments.insert(d.id.clone(), d.spec.game.clone());
+            r.pool_sizes.insert(d.id.clone(), d.spec.pool_size);
+        }
+    });
+    let after = broker.with_rack(rack, |r| r.last_event_seq).unwrap_or(0);
+    let mut response = broker.controllers.events(target, after).await.map_err(|e| e.to_string())?;
+    broker.with_rack(rack, |r| {
+        r.stream_connected = true;
+        r.stream_down_since = None;
+    });
+    tracing::info!(rack, after, "following the rack's events");
+    broker.capacity_changed.notify_one();
+    let mut buffer = String::new();
+    loop {
+        let chunk = tokio::select! {
+            _ = broker.shutdown.cancelled() => return Ok(()),
+            chunk = tokio::time::timeout_at(Instant::now() + STREAM_SILENCE, response.chunk()) => chunk,
+        };
+        match chunk {
+            Ok(Ok(Some(bytes))) => buffer.push_str(&String::from_utf8_lossy(&bytes).replace("\r\n", "\n")),
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("the stream went silent".into()),
+        }
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (name, data) = parse_block(&block);
+            match name.as_str() {
+                "rack" => match serde_json::from_str::<RackEvent>(&data) {
+                    Ok(event) => apply(broker, rack, event),
+                    Err(e) => tracing::warn!(rack, error = %e, "unreadable rack event"),
+                },
+                "gap" => resnapshot(broker, rack, target).await?,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The event name and data of one SSE block (comments ignored).
+fn parse_block(block: &str) -> (String, String) {
+    let mut name = String::from("message");
+    let mut data = String::new();
+    for line in block.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            name = v.trim().to_string();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(v.strip_prefix(' ').unwrap_or(v));
+        }
+    }
+    (name, data)
+}
+
+fn apply(broker: &Broker, rack: &str, event: RackEvent) {
+    let mut capacity = false;
+    let mut pools = false;
+    broker.with_rack(rack, |r| {
+        if event.seq <= r.last_event_seq {
+            return;
+        }
+        r.last_event_seq = event.seq;
+        match event.body {
+            RackEventBody::Instance { instance, deployment, board, state, .. } => {
+                capacity = r.set_instance(&instance, Some(InstanceEntry { deployment, board, state }));
+                pools = true;
+            }
+            RackEventBody::Deployment { deployment, pool_size, deleted } => {
+                if deleted {
+                    r.pool_sizes.remove(&deployment);
+                } else {
+                    r.pool_sizes.insert(deployment, pool_size);
+                }
+            }
+            RackEventBody::Board { .. } => capacity = true,
+            _ => {}
+        }
+    });
+    if capacity {
+        broker.capacity_changed.notify_one();
+    }
+    if pools {
+        broker.pools_changed.notify_one();
+    }
+}
+
+/// Reads every instance of the rack afresh (after a gap in its event log).
+async fn resnapshot(broker: &Broker, rack: &str, target: &Target) -> Result<(), String> {
+    let instances = broker.controllers.instances(target).await.map_err(|e| e.to_string())?;
+    broker.with_rack(rack, |r| {
+        r.reset_instances(
+            instances
+                .into_iter()
+                .map(|i| (i.id, InstanceEntry { deployment: i.deployment, board: i.board, state: i.state })),
+        )
+    });
+    tracing::info!(rack, "re-read the rack's instances after a gap in its event log");
+    broker.capacity_changed.notify_one();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_parse_into_name_and_data() {
+        assert_eq!(
+            parse_block("event: rack\nid: 3\ndata: {\"a\":1}\n\n"),
+            ("rack".into(), "{\"a\":1}".into())
+        );
+        assert_eq!(parse_block(": keep-alive\n\n").0, "message");
+    }
+}

@@ -1,0 +1,133 @@
+//! Leases. A session holds its instance while the platform heart-beats it; the broker renews
+//! the claims of its active sessions with each rack in batches (so a rack keeps serving them
+//! for a claim lease if the broker goes away), expires the sessions whose platform went quiet
+//! and releases their instances.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use api::broker::SessionState;
+use service_kit::time::now_ms;
+
+use crate::broker::Broker;
+use crate::error::BrokerError;
+use crate::metrics::Metrics;
+use crate::racks::client::RENEW_BATCH;
+use crate::sessions::{spawn_release, store};
+
+/// Runs until shutdown: expiry every tick, renewals every quarter claim lease (at most 10 s).
+pub async fn run(broker: Arc<Broker>) {
+    let tick = (broker.config.session_lease / 8).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let renew_every = (broker.config.claim_lease / 4).min(Duration::from_secs(10));
+    let mut last_renewal: Option<Instant> = None;
+    let mut interval = tokio::time::interval(tick);
+    loop {
+        tokio::select! {
+            _ = broker.shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        if let Err(err) = expire(&broker) {
+            tracing::error!(error = %err, "lease expiry failed");
+        }
+        if last_renewal.is_none_or(|t| t.elapsed() >= renew_every) {
+            last_renewal = Some(Instant::now());
+            if let Err(err) = renew(&broker).await {
+                tracing::error!(error = %err, "lease renewal failed");
+            }
+        }
+        if let Err(err) = refresh_gauges(&broker) {
+            tracing::error!(error = %err, "gauge refresh failed");
+        }
+    }
+}
+
+/// Sessions whose platform stopped heart-beating: `expired` (`lease_lapsed`), instance released.
+fn expire(broker: &Arc<Broker>) -> Result<(), BrokerError> {
+    let now = now_ms();
+    for row in store::in_states(&broker.db, &[SessionState::Active])? {
+        if row.lease_expires_ms.is_some_and(|t| t < now)
+            && store::transition(
+                &broker.db,
+                &row.id,
+                &[SessionState::Active],
+                SessionState::Expired,
+                Some("lease_lapsed"),
+                None,
+                now,
+            )?
+        {
+            tracing::info!(session = %row.id, "session lease lapsed");
+            if let Some(rack) = &row.rack {
+                spawn_release(broker, rack, &row.id);
+            }
+            broker.session_changed();
+        }
+    }
+    Ok(())
+}
+
+/// Renews every active session's claim at its rack. A claim the rack no longer has ends the
+/// session (`instance_lost`); a rack that does not answer is tried again next time.
+async fn renew(broker: &Arc<Broker>) -> Result<(), BrokerError> {
+    let mut by_rack: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for row in store::in_states(&broker.db, &[SessionState::Active])? {
+        if let Some(rack) = row.rack {
+            by_rack.entry(rack).or_default().push(row.id);
+        }
+    }
+    let lease_ms = broker.config.claim_lease.as_millis() as u64;
+    for (rack, keys) in by_rack {
+        let Some(target) = broker.with_rack(&rack, |r| r.target.clone()).flatten() else { continue };
+        for batch in keys.chunks(RENEW_BATCH) {
+            match broker.controllers.renew(&target, batch, lease_ms).await {
+                Ok(answer) => {
+                    Metrics::outcome(&broker.metrics.renewals, "ok");
+                    for key in answer.missing {
+                        let ended = store::transition(
+                            &broker.db,
+                            &key,
+                            &[SessionState::Active],
+                            SessionState::Ended,
+                            Some("instance_lost"),
+                            None,
+                            now_ms(),
+                        )?;
+                        if ended {
+                            tracing::warn!(session = %key, rack = %rack, "the rack no longer holds the session's claim");
+                            broker.session_changed();
+                        }
+                    }
+                }
+                Err(err) => {
+                    Metrics::outcome(&broker.metrics.renewals, "failed");
+                    tracing::debug!(rack = %rack, error = %err, "lease renewal failed");
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn refresh_gauges(broker: &Broker) -> Result<(), BrokerError> {
+    let counts = store::count_by_state(&broker.db)?;
+    for state in SessionState::ALL {
+        let n = counts.iter().find(|(s, _)| s == state.as_str()).map_or(0, |(_, n)| *n);
+        broker
+            .metrics
+            .sessions
+            .get_or_create(&crate::metrics::StateLabels { state: state.as_str().into() })
+            .set(n);
+    }
+    let after = broker.config.rack_unreachable_after;
+    let mut by_health = BTreeMap::new();
+    for rack in broker.racks().values() {
+        *by_health.entry(format!("{:?}", rack.health(after).0).to_lowercase()).or_insert(0i64) += 1;
+    }
+    for state in ["online", "degraded", "unreachable"] {
+        let n = by_health.get(state).copied().unwrap_or(0);
+        broker.metrics.racks.get_or_create(&crate::metrics::StateLabels { state: state.into() }).set(n);
+    }
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! Session rows: the only place sessions are read from and written to SQLite.
+
+use api::broker::{ClaimAttempt, Endpoint, SessionRequest, SessionState, SessionView};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+
+use crate::db::Db;
+use crate::error::BrokerError;
+
+/// A session as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRow {
+    pub id: String,
+    pub tenant: String,
+    pub idem_key: String,
+    pub body_hash: String,
+    pub game: String,
+    pub version: String,
+    pub request: SessionRequest,
+    pub state: SessionState,
+    pub region: Option<String>,
+    pub rack: Option<String>,
+    pub board: Option<String>,
+    pub instance: Option<String>,
+    pub deployment: Option<String>,
+    pub endpoint: Option<Endpoint>,
+    pub token: Option<String>,
+    pub lease_expires_ms: Option<u64>,
+    pub reason: Option<String>,
+    pub created_ms: u64,
+    pub deadline_ms: u64,
+}
+
+/// Decisions and claim attempts of a session (`GET /v1/sessions/{id}/explain`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExplainRecord {
+    pub decisions: Vec<serde_json::Value>,
+    pub attempts: Vec<ClaimAttempt>,
+}
+
+/// Keeps the record bounded: a session queued for minutes is decided again many times.
+const MAX_DECISIONS: usize = 20;
+const MAX_ATTEMPTS: usize = 50;
+
+impl ExplainRecord {
+    pub fn push_decision(&mut self, decision: serde_json::Value) {
+        if self.decisions.len() >= MAX_DECISIONS {
+            // Keep the first decision and the latest ones.
+            self.decisions.remove(1);
+        }
+        self.decisions.push(decision);
+    }
+
+    pub fn push_attempt(&mut self, attempt: ClaimAttempt) {
+        if self.attempts.len() >= MAX_ATTEMPTS {
+            self.attempts.remove(1);
+        }
+        self.attempts.push(attempt);
+    }
+}
+
+/// Where a placed session runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    pub region: String,
+    pub rack: String,
+    pub board: String,
+    pub instance: String,
+    pub deployment: String,
+    pub endpoint: Endpoint,
+    pub token: String,
+    pub lease_expires_ms: u64,
+}
+
+fn rfc3339(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+impl SessionRow {
+    pub fn view(&self) -> SessionView {
+        SessionView {
+            id: self.id.clone(),
+            state: self.state,
+            game: self.game.clone(),
+            player_id: self.request.player.id.clone(),
+            region: self.region.clone(),
+            rack: self.rack.clone(),
+            board: self.board.clone(),
+            instance: self.instance.clone(),
+            endpoint: self.endpoint.clone(),
+            token: self.token.clone(),
+            lease_expires_at: self
+                .lease_expires_ms
+                .filter(|_| self.state == SessionState::Active)
+                .map(rfc3339),
+            reason: self.reason.clone(),
+            created_at: rfc3339(self.created_ms),
+            deadline_at: rfc3339(self.deadline_ms),
+        }
+    }
+}
+
+const COLUMNS: &str = "id, tenant, idem_key, body_hash, game, version, request, state, region, rack, board, \
+     instance, deployment, endpoint, token, lease_expires_ms, reason, created_ms, deadline_ms";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<SessionRow> {
+    let json_err = |i: usize, e: serde_json::Error| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    };
+    let request: String = r.get(6)?;
+    let state: String = r.get(7)?;
+    let endpoint: Option<String> = r.get(13)?;
+    Ok(SessionRow {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        idem_key: r.get(2)?,
+        body_hash: r.get(3)?,
+        game: r.get(4)?,
+        version: r.get(5)?,
+        request: serde_json::from_str(&request).map_err(|e| json_err(6, e))?,
+        state: SessionState::parse(&state).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                7,
+                rusqlite::types::Type::Text,
+                format!("state {state:?}").into(),
+            )
+        })?,
+        region: r.get(8)?,
+        rack: r.get(9)?,
+        board: r.get(10)?,
+        instance: r.get(11)?,
+        deployment: r.get(12)?,
+        endpoint: endpoint.map(|e| serde_json::from_str(&e)).transpose().map_err(|e| json_err(13, e))?,
+        token: r.get(14)?,
+        lease_expires_ms: r.get::<_, Option<i64>>(15)?.map(|v| v as u64),
+        reason: r.get(16)?,
+        created_ms: r.get::<_, i64>(17)? as u64,
+        deadline_ms: r.get::<_, i64>(18)? as u64,
+    })
+}
+
+fn one(conn: &Connection, clause: &str, p: impl rusqlite::Params) -> Result<Option<SessionRow>, BrokerError> {
+    let sql = format!("SELECT {COLUMNS} FROM sessions WHERE {clause}");
+    Ok(conn.prepare_cached(&sql)?.query_row(p, from_row).optional()?)
+}
+
+/// The session `id`.
+pub fn get(db: &Db, id: &str) -> Result<Option<SessionRow>, BrokerError> {
+    db.read(|c| one(c, "id = ?1", params![id]))
+}
+
+/// The session a tenant created with an idempotency key.
+pub fn by_key(db: &Db, tenant: &str, key: &str) -> Result<Option<SessionRow>, BrokerError> {
+    db.read(|c| one(c, "tenant = ?1 AND idem_key = ?2", params![tenant, key]))
+}
+
+/// Inserts a new session in `placing`. Returns false (and writes nothing) when the tenant
+/// already has a session under this key.
+pub fn insert(db: &Db, row: &SessionRow) -> Result<bool, BrokerError> {
+    let request = serde_json::to_string(&row.request)?;
+    db.write(|tx| {
+        let n = tx.prepare_cached(
+            "INSERT INTO sessions (id, tenant, idem_key, body_hash, game, version, request, state, created_ms, deadline_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?9)
+             ON CONFLICT (tenant, idem_key) DO NOTHING",
+        )?
+        .execute(params![
+            row.id,
+            row.tenant,
+            row.idem_key,
+            row.body_hash,
+            row.game,
+            row.version,
+            request,
+            row.state.as_str(),
+            row.created_ms as i64,
+            row.deadline_ms as i64
+        ])?;
+        Ok(n == 1)
+    })
+}
+
+/// Marks a session active on its instance. Only a session still waiting (placing, queued)
+/// can become active; returns false otherwise (it was ended meanwhile).
+pub fn activate(
+    db: &Db,
+    id: &str,
+    p: &Placement,
+    explain: &ExplainRecord,
+    now: u64,
+) -> Result<bool, BrokerError> {
+    let endpoint = serde_json::to_string(&p.endpoint)?;
+    let explain = serde_json::to_string(explain)?;
+    db.write(|tx| {
+        let n = tx
+            .prepare_cached(
+                "UPDATE sessions SET state = 'active', region = ?2, rack = ?3, board = ?4, instance = ?5,
+                 deployment = ?6, endpoint = ?7, token = ?8, lease_expires_ms = ?9, explain = ?10, updated_ms = ?11
+                 WHERE id = ?1 AND state IN ('placing', 'queued')",
+            )?
+            .execute(params![
+                id,
+                p.region,
+                p.rack,
+                p.board,
+                p.instance,
+                p.deployment,
+                endpoint,
+                p.token,
+                p.lease_expires_ms as i64,
+                explain,
+                now as i64
+            ])?;
+        Ok(n == 1)
+    })
+}
+
+/// Moves a session from `from` states to `to` with a reason; returns false when it was in
+/// none of them.
+pub fn transition(
+    db: &Db,
+    id: &str,
+    from: &[api::broker::SessionState],
+    to: SessionState,
+    reason: Option<&str>,
+    explain: Option<&ExplainRecord>,
+    now: u64,
+) -> Result<bool, BrokerError> {
+    let states: Vec<String> = from.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    let explain = explain.map(serde_json::to_string).transpose()?;
+    let sql = format!(
+        "UPDATE sessions SET state = ?2, reason = COALESCE(?3, reason), explain = COALESCE(?4, explain), updated_ms = ?5
+         WHERE id = ?1 AND state IN ({})",
+        states.join(", ")
+    );
+    db.write(|tx| {
+        let n = tx.prepare_cached(&sql)?.execute(params![id, to.as_str(), reason, explain, now as i64])?;
+        Ok(n == 1)
+    })
+}
+
+/// Extends an active session's lease.
+pub fn extend_lease(db: &Db, id: &str, until_ms: u64) -> Result<bool, BrokerError> {
+    db.write(|tx| {
+        let n = tx
+            .prepare_cached("UPDATE sessions SET lease_expires_ms = MAX(lease_expires_ms, ?2) WHERE id = ?1 AND state = 'active'")?
+            .execute(params![id, until_ms as i64])?;
+        Ok(n == 1)
+    })
+}
+
+/// A tenant's sessions, newest first, optionally in one state.
+pub fn list(
+    db: &Db,
+    tenant: &str,
+    state: Option<SessionState>,
+    limit: u32,
+) -> Result<Vec<SessionRow>, BrokerError> {
+    db.read(|c| {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM sessions WHERE tenant = ?1 AND (?2 IS NULL OR state = ?2)
+             ORDER BY created_ms DESC, id LIMIT ?3"
+        );
+        let mut stmt = c.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![tenant, state.map(|s| s.as_str()), limit], from_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    })
+}
+
+/// Every session in one of `states`, oldest first.
+pub fn in_states(db: &Db, states: &[SessionState]) -> Result<Vec<SessionRow>, BrokerError> {
+    let list: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    db.read(|c| {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM sessions WHERE state IN ({}) ORDER BY created_ms, id",
+            list.join(", ")
+        );
+        let mut stmt = c.prepare_cached(&sql)?;
+        let rows = stmt.query_map([], from_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    })
+}
+
+/// The explanation record of a session.
+pub fn explain(db: &Db, id: &str) -> Result<ExplainRecord, BrokerError> {
+    db.read(|c| {
+        let text: Option<String> = c
+            .query_row("SELECT explain FROM sessions WHERE id = ?1", params![id], |r| r.get(0))
+            .optional()?;
+        Ok(text.map(|t| serde_json::from_str(&t)).transpose()?.unwrap_or_default())
+    })
+}
+
+/// Sessions by state (for the metrics).
+pub fn count_by_state(db: &Db) -> Result<Vec<(String, i64)>, BrokerError> {
+    db.read(|c| {
+        let mut stmt = c.prepare_cached("SELECT state, count(*) FROM sessions GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn row(id: &str, key: &str) -> SessionRow {
+        SessionRow {
+            id: id.into(),
+            tenant: "t".into(),
+            idem_key: key.into(),
+            body_hash: "h".into(),
+            game: "g".into(),
+            version: "1".into(),
+            request: serde_json::from_value(serde_json::json!({"game": "g", "player": {"id": "p"}})).unwrap(),
+            state: SessionState::Placing,
+            region: None,
+            rack: None,
+            board: None,
+            instance: None,
+            deployment: None,
+            endpoint: None,
+            token: None,
+            lease_expires_ms: None,
+            reason: None,
+            created_ms: 1000,
+            deadline_ms: 31_000,
+        }
+    }
+
+    #[test]
+    fn one_session_per_key_and_transitions_only_from_the_named_states() {
+        let db = crate::db::test_db();
+        assert!(insert(&db, &row("s-1", "k")).unwrap());
+        assert!(!insert(&db, &row("s-2", "k")).unwrap());
+        assert_eq!(by_key(&db, "t", "k").unwrap().unwrap().id, "s-1");
+        let p = Placement {
+            region: "east".into(),
+            rack: "r".into(),
+            board: "b".into(),
+            instance: "i".into(),
+            deployment: "d".into(),
+            endpoint: Endpoint { host: "h".into(), stream_port: 1, adb_port: 2 },
+            token: "tok".into(),
+            lease_expires_ms: 5000,
+        };
+        assert!(activate(&db, "s-1", &p, &ExplainRecord::default(), 1).unwrap());
+        assert!(!activate(&db, "s-1", &p, &ExplainRecord::default(), 1).unwrap());
+        let s = get(&db, "s-1").unwrap().unwrap();
+        assert_eq!(s.state, SessionState::Active);
+        assert!(s.view().lease_expires_at.unwrap().starts_with("1970-01-01T00:00:05"));
+        assert!(extend_lease(&db, "s-1", 9000).unwrap());
+        assert!(
+            transition(&db, "s-1", &[SessionState::Active], SessionState::Ended, Some("x"), None, 2).unwrap()
+        );
+        assert!(!extend_lease(&db, "s-1", 10_000).unwrap());
+        assert!(
+            !transition(&db, "s-1", &[SessionState::Active], SessionState::Expired, None, None, 3).unwrap()
+        );
+        assert_eq!(get(&db, "s-1").unwrap().unwrap().reason.as_deref(), Some("x"));
+        assert_eq!(list(&db, "t", Some(SessionState::Ended), 10).unwrap().len(), 1);
+        assert!(list(&db, "other", None, 10).unwrap().is_empty());
+    }
+}

@@ -4,6 +4,7 @@
 //!
 //! `main.rs` only parses flags; [`run`] is the whole controller.
 
+pub mod broker_link;
 pub mod claims;
 pub mod config;
 pub mod db;
@@ -76,11 +77,14 @@ pub async fn run(
         Arc::new(Rack::new(config, db::Db::new(conn), metrics, operator_token, broker_token, cancel.clone()));
     rack.grant_heartbeat_grace()?;
 
-    let loops = [
+    let mut loops = vec![
         tokio::spawn(lease_loop(rack.clone())),
         tokio::spawn(sweep_loop(rack.clone())),
         tokio::spawn(pool_loop(rack.clone())),
     ];
+    if let Some(link) = rack.config.broker.clone() {
+        loops.push(tokio::spawn(broker_link::run(rack.clone(), link)));
+    }
     let state = http::AppState { rack: rack.clone(), registry: Arc::new(registry) };
     tracing::info!(rack = %rack.config.rack_id, addr = %listener.local_addr().map_err(ControllerError::Serve)?, "array controller listening");
     let stop = cancel.clone();

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub claims: Family<OutcomeLabels, Counter>,
     pub utilisation: Family<ResourceLabels, FloatGauge>,
     pub heartbeats: Counter,
+    pub broker_registrations: Family<OutcomeLabels, Counter>,
+    pub broker_registered: Gauge,
 }
 
 impl Metrics {
@@ -47,6 +49,8 @@ impl Metrics {
             claims: Family::default(),
             utilisation: Family::default(),
             heartbeats: Counter::default(),
+            broker_registrations: Family::default(),
+            broker_registered: Gauge::default(),
         };
         let sub = registry.sub_registry_with_prefix("array_controller");
         sub.register("boards", "Boards by lifecycle state", m.boards.clone());
@@ -60,10 +64,25 @@ impl Metrics {
             m.utilisation.clone(),
         );
         sub.register("heartbeats", "Board heartbeats received", m.heartbeats.clone());
+        sub.register(
+            "broker_registrations",
+            "Registrations sent to the session broker, by outcome (accepted, refused, unreachable, error)",
+            m.broker_registrations.clone(),
+        );
+        sub.register(
+            "broker_registered",
+            "1 while the session broker accepted the last registration, else 0",
+            m.broker_registered.clone(),
+        );
         m
     }
 
     pub fn claim_outcome(&self, outcome: &str) {
         self.claims.get_or_create(&OutcomeLabels { outcome: outcome.to_string() }).inc();
+    }
+
+    pub fn registration_outcome(&self, outcome: &str) {
+        self.broker_registrations.get_or_create(&OutcomeLabels { outcome: outcome.to_string() }).inc();
+        self.broker_registered.set(i64::from(outcome == "accepted"));
     }
 }

@@ -45,11 +45,10 @@ pub fn cold_start_done(broker: &Broker, rack: &str, deployment: &str) {
 /// Splits `warm` over `racks` (sorted): equal shares, the remainder to the first ones.
 pub fn split(warm: u32, racks: &[String]) -> BTreeMap<String, u32> {
     let n = racks.len() as u32;
-    racks
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.clone(), if n == 0 { 0 } else { warm / n + u32::from((i as u32) < warm % n) }))
-        .collect()
+    let (Some(base), Some(rest)) = (warm.checked_div(n), warm.checked_rem(n)) else {
+        return BTreeMap::new();
+    };
+    racks.iter().enumerate().map(|(i, r)| (r.clone(), base + u32::from((i as u32) < rest))).collect()
 }
 
 /// One pool size to push.

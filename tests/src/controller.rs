@@ -534,13 +534,20 @@ impl Rack {
     /// Starts a controller (with `extra` flags) and `boards` daemons named `<name>-b<i>`, CPUs
     /// alternating between 0 and 1, and waits until every board is enrolled, ready and reachable.
     pub async fn start(name: &str, boards: usize, extra: &[&str]) -> Rack {
+        Rack::start_with(name, boards, extra, &[0, 1]).await
+    }
+
+    /// [`Rack::start`] with chosen CPUs: board `i` runs on CPU `cpus[i % cpus.len()]`.
+    pub async fn start_with(name: &str, boards: usize, extra: &[&str], cpus: &[u32]) -> Rack {
+        assert!(!cpus.is_empty(), "boards need a CPU");
         let dir = TestDir::new(name);
         let controller = Controller::start(dir.path(), extra).await;
         let join = controller.client.join_token().await;
         let mut rack = Rack { controller, boards: Vec::new(), dir };
         for i in 0..boards {
             let url = rack.controller.url();
-            let mut board = RackBoard::new(&format!("{name}-b{}", i + 1), (i % 2) as u32, &url, &join, None);
+            let cpu = cpus[i % cpus.len()];
+            let mut board = RackBoard::new(&format!("{name}-b{}", i + 1), cpu, &url, &join, None);
             board.start().await;
             rack.boards.push(board);
         }

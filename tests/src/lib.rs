@@ -9,18 +9,23 @@
 //! - [`docker`]: the engine through the `docker` CLI (inspect, list by label, build the image)
 //!   and a guard that removes a test's containers.
 //! - [`board`]: a typed client for the board daemon's API, a launcher, and a per-test board.
+//! - [`broker`]: the session broker's launcher and typed client, racks registered with it, and
+//!   a two-region setup.
 //! - [`metrics`]: read a sample out of a Prometheus text exposition.
 //! - [`adb`]: Debian's `adb` client on a private server port.
 //! - [`scratch`]: a temporary directory per test, kept when the test fails.
+//! - [`simboards`]: SIMULATED boards for the benchmarks (enrol, report every instance ready).
 
 pub mod adb;
 pub mod board;
+pub mod broker;
 pub mod controller;
 pub mod docker;
 pub mod metrics;
 pub mod ports;
 pub mod process;
 pub mod scratch;
+pub mod simboards;
 pub mod wait;
 
 pub use board::{ApiError, BoardClient, BoardConfig, BoardDaemon, TestBoard, instance};

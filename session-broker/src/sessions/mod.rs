@@ -168,10 +168,14 @@ fn settle(broker: &Arc<Broker>, mut w: Waiting, outcome: Attempt) -> Result<Sess
             }
         }
         Attempt::Wait => {
-            store::transition(&broker.db, &w.id, &from, SessionState::Queued, None, Some(&w.explain), now)?;
-            let mut queue = broker.queue.lock().unwrap_or_else(|p| p.into_inner());
-            queue.push(w);
-            broker.metrics.queued.set(queue.len() as i64);
+            if store::transition(&broker.db, &w.id, &from, SessionState::Queued, None, Some(&w.explain), now)? {
+                let mut queue = broker.queue.lock().unwrap_or_else(|p| p.into_inner());
+                queue.push(w);
+                broker.metrics.queued.set(queue.len() as i64);
+            } else {
+                // Ended while it was being decided.
+                release_cold_start(broker, &mut w);
+            }
         }
         Attempt::Failed => {
             release_cold_start(broker, &mut w);
@@ -245,6 +249,8 @@ pub async fn run_queue(broker: Arc<Broker>) {
                 Err(err) => tracing::error!(error = %err, "queued session could not be updated"),
             }
         }
+        let queued = broker.queue.lock().unwrap_or_else(|p| p.into_inner()).len();
+        broker.metrics.queued.set(queued as i64);
     }
 }
 

@@ -8,7 +8,7 @@ use api::broker::RackHealth;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{Catalog, deployment_id};
+use crate::catalog::{Catalog, CurrentDeployment};
 use crate::config::Config;
 use crate::db::Db;
 use crate::metrics::Metrics;
@@ -40,15 +40,6 @@ pub struct Broker {
     pub cold_starts: Mutex<HashMap<(String, String), u32>>,
     /// Racks whose event-stream follower runs.
     pub links: Mutex<HashSet<String>>,
-}
-
-/// A game's current deployment, as the index and the pools need it.
-#[derive(Debug, Clone)]
-pub struct CurrentDeployment {
-    pub game: String,
-    pub deployment: String,
-    pub millicores: u64,
-    pub memory_mib: u64,
 }
 
 impl Broker {
@@ -96,19 +87,7 @@ impl Broker {
 
     /// Every game's current deployment.
     pub fn current_deployments(&self) -> Vec<CurrentDeployment> {
-        self.catalog
-            .games()
-            .into_iter()
-            .filter_map(|(game, entry)| {
-                let (version, spec) = entry.current()?;
-                Some(CurrentDeployment {
-                    deployment: deployment_id(&game, version),
-                    game,
-                    millicores: u64::from(spec.profile.millicores),
-                    memory_mib: spec.profile.memory_mib,
-                })
-            })
-            .collect()
+        self.catalog.current_deployments()
     }
 
     /// The scheduler's snapshot: every registered rack with its health and, per game, the

@@ -35,6 +35,15 @@ impl GameEntry {
     }
 }
 
+/// A game's current deployment, as the capacity index and the pools need it.
+#[derive(Debug, Clone)]
+pub struct CurrentDeployment {
+    pub game: String,
+    pub deployment: String,
+    pub millicores: u64,
+    pub memory_mib: u64,
+}
+
 #[derive(Debug, Clone)]
 struct Tenant {
     name: String,
@@ -401,6 +410,23 @@ impl Catalog {
     }
 
     // --- derived views ---------------------------------------------------------------------
+
+    /// Every game's current deployment (read on every placement: no clone of the catalog).
+    pub fn current_deployments(&self) -> Vec<CurrentDeployment> {
+        self.read()
+            .games
+            .iter()
+            .filter_map(|(game, entry)| {
+                let (version, spec) = entry.current()?;
+                Some(CurrentDeployment {
+                    deployment: deployment_id(game, version),
+                    game: game.clone(),
+                    millicores: u64::from(spec.profile.millicores),
+                    memory_mib: spec.profile.memory_mib,
+                })
+            })
+            .collect()
+    }
 
     /// The scheduler's view of a game (its current version decides the architectures).
     pub fn scheduler_game(&self, id: &str) -> Option<(scheduler::Game, String)> {

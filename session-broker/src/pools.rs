@@ -16,6 +16,8 @@ use crate::catalog::{deployment_id, deployment_spec};
 use crate::metrics::Metrics;
 
 const RESEND: Duration = Duration::from_secs(10);
+/// Changes arriving within this window are pushed together.
+const COALESCE: Duration = Duration::from_millis(100);
 
 /// Asks `rack` for one more instance of `deployment` (the cold path).
 pub fn cold_start(broker: &Broker, rack: &str, deployment: &str) {
@@ -121,7 +123,11 @@ pub async fn run(broker: Arc<Broker>) {
     loop {
         tokio::select! {
             _ = broker.shutdown.cancelled() => return,
-            _ = broker.pools_changed.notified() => {}
+            _ = broker.pools_changed.notified() => {
+                // A burst of claims becomes one update per rack, not one per claim: each
+                // update makes the controller run its packer.
+                tokio::time::sleep(COALESCE).await;
+            }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         let full = last_full.elapsed() >= RESEND;

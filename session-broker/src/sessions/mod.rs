@@ -168,7 +168,8 @@ fn settle(broker: &Arc<Broker>, mut w: Waiting, outcome: Attempt) -> Result<Sess
             }
         }
         Attempt::Wait => {
-            if store::transition(&broker.db, &w.id, &from, SessionState::Queued, None, Some(&w.explain), now)? {
+            if store::transition(&broker.db, &w.id, &from, SessionState::Queued, None, Some(&w.explain), now)?
+            {
                 let mut queue = broker.queue.lock().unwrap_or_else(|p| p.into_inner());
                 queue.push(w);
                 broker.metrics.queued.set(queue.len() as i64);

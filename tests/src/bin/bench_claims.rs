@@ -12,10 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use api::rack::{EnrolRequest, EnrolResponse, Heartbeat};
-use api::{BootTimings, DesiredState, InstancePhase, InstanceStatus};
+use anyhow::bail;
 use e2e::process::{Process, binary, binary_in_profile};
+use e2e::simboards::{self, SimResources};
 use e2e::{free_port, scratch::TestDir};
 use serde_json::json;
 
@@ -80,33 +79,13 @@ async fn main() -> anyhow::Result<()> {
     wait_healthy(&client, &url).await?;
 
     // A rack of simulated boards, each offering 64 CPUs, 256 GiB and 10,000 ports.
-    let join: serde_json::Value = client
-        .post(format!("{url}/v1/join-tokens"))
-        .bearer_auth("op")
-        .json(&json!({}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let join = join["token"].as_str().context("join token")?.to_string();
+    let join = simboards::join_token(&client, &url, "op").await?;
     let mut boards = Vec::new();
     for i in 0..SIMULATED_BOARDS {
-        let id = format!("simulated-board-{i}");
-        let response: EnrolResponse = client
-            .post(format!("{url}/v1/enrol"))
-            .json(&EnrolRequest {
-                join_token: join.clone(),
-                facts: simulated_facts(&id),
-                address: "127.0.0.1".into(),
-                now_ms: service_now_ms(),
-                desired_generation: 0,
-            })
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        boards.push((id, response.credential));
+        boards.push(
+            simboards::enrol(&client, &url, &join, &format!("simulated-board-{i}"), SimResources::LARGE)
+                .await?,
+        );
     }
     let instances = claims;
     client
@@ -123,8 +102,8 @@ async fn main() -> anyhow::Result<()> {
         .error_for_status()?;
     let started = Instant::now();
     loop {
-        for (id, credential) in &boards {
-            report_all_ready(&client, &url, id, credential).await?;
+        for board in &boards {
+            simboards::report_all_ready(&client, &url, board).await?;
         }
         let view: serde_json::Value =
             client.get(format!("{url}/v1/deployments/bench")).bearer_auth("op").send().await?.json().await?;
@@ -221,82 +200,6 @@ async fn wait_healthy(client: &reqwest::Client, url: &str) -> anyhow::Result<()>
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("controller did not start")
-}
-
-/// One simulated board's report: every instance of its desired state is ready.
-async fn report_all_ready(
-    client: &reqwest::Client,
-    url: &str,
-    id: &str,
-    credential: &str,
-) -> anyhow::Result<()> {
-    let response =
-        client.get(format!("{url}/v1/boards/{id}/desired?after=0")).bearer_auth(credential).send().await?;
-    let desired: DesiredState = response.error_for_status()?.json().await?;
-    let instances = desired
-        .instances
-        .iter()
-        .map(|spec| InstanceStatus {
-            id: spec.id.clone(),
-            generation: spec.generation,
-            phase: InstancePhase::Ready,
-            reason: None,
-            container_id: Some(format!("simulated-{}", spec.id)),
-            ports: spec.ports,
-            restarts: 0,
-            crash_loop: false,
-            last_exit: None,
-            boot: BootTimings::default(),
-            reset_epoch: spec.reset_epoch,
-        })
-        .collect();
-    let heartbeat =
-        Heartbeat { applied_generation: desired.generation, instances, journal: vec![], rejected: None };
-    client
-        .post(format!("{url}/v1/boards/{id}/heartbeat"))
-        .bearer_auth(credential)
-        .json(&heartbeat)
-        .send()
-        .await?
-        .error_for_status()?;
-    Ok(())
-}
-
-fn simulated_facts(id: &str) -> api::BoardFacts {
-    api::BoardFacts {
-        board_id: id.to_string(),
-        arch: "x86_64".into(),
-        soc_model: None,
-        cpu: api::CpuTopology {
-            cpus: (0..64).collect(),
-            clusters: vec![api::CpuCluster { cpus: (0..64).collect(), capacity: None }],
-        },
-        memory_mib: 256 * 1024,
-        disk: api::DiskFacts { mount: "/".into(), total_mib: 1 << 20, available_mib: 1 << 19 },
-        gpu_devices: vec![],
-        encoder_devices: vec![],
-        kernel: api::KernelFacts {
-            release: "simulated".into(),
-            page_size: 4096,
-            binderfs: false,
-            binder_devices: vec![],
-            memfd: true,
-            ashmem: false,
-            inotify_max_user_instances: None,
-            inotify_max_user_watches: None,
-        },
-        docker: api::DockerFacts { reachable: true, version: None, api_version: None, cgroup_version: None },
-        addresses: vec!["127.0.0.1".into()],
-        host_port_range: api::PortRange { start: 20000, end: 29999 },
-        overridden: vec!["simulated".into()],
-    }
-}
-
-fn service_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Single-row insert transactions for two seconds on the same disk, same pragmas.

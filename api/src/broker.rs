@@ -337,7 +337,7 @@ pub struct GameView {
     pub spec: GameSpec,
     pub versions: Vec<String>,
     /// Warm target per region.
-    pub warm_targets: BTreeMap<String, u32>,
+    pub warm_targets: BTreeMap<String, WarmTargetSpec>,
 }
 
 fn default_boot_timeout() -> u32 {
@@ -370,22 +370,74 @@ pub struct GameVersionSpec {
 }
 
 /// `PUT /v1/games/{id}/warm-targets/{region}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WarmTargetSpec {
-    /// Warm (ready, unclaimed) instances to keep in the region.
+    /// Warm (ready, unclaimed) instances to keep in the region; with `auto`, the floor.
     pub warm: u32,
+    /// Follow demand: `arrivals per second x measured boot seconds x safety`, between `warm`
+    /// and `auto.max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<AutoWarm>,
 }
 
-/// The answer to a warm target: the pool size asked of each rack of the region.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+fn default_safety() -> f64 {
+    1.5
+}
+
+/// How a warm target follows demand.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AutoWarm {
+    /// Never more than this many warm instances.
+    pub max: u32,
+    /// Head-room factor over the expected arrivals during one boot (default 1.5).
+    #[serde(default = "default_safety")]
+    pub safety: f64,
+}
+
+impl WarmTargetSpec {
+    /// Checks the bounds.
+    pub fn validate(&self) -> Result<(), RequestError> {
+        const MAX: u32 = 10_000;
+        if self.warm > MAX {
+            return Err(RequestError::new("invalid_warm_target", format!("warm must be at most {MAX}")));
+        }
+        if let Some(auto) = &self.auto {
+            if auto.max < self.warm || auto.max > MAX {
+                return Err(RequestError::new(
+                    "invalid_warm_target",
+                    format!("auto.max ({}) must be between warm ({}) and {MAX}", auto.max, self.warm),
+                ));
+            }
+            if !auto.safety.is_finite() || auto.safety <= 0.0 || auto.safety > 10.0 {
+                return Err(RequestError::new(
+                    "invalid_warm_target",
+                    "auto.safety must be above 0 and at most 10",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The answer to a warm target: the target in force now and the pool size asked of each rack
+/// of the region.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WarmTargetView {
     pub game: String,
     pub region: String,
-    pub warm: u32,
+    pub spec: WarmTargetSpec,
+    /// The warm target in force now (`spec.warm` unless it follows demand).
+    pub effective: u32,
+    /// Measured session requests per second for the game in the region.
+    pub arrivals_per_s: f64,
+    /// Measured boot time of the game's instances (ms), once one has booted.
+    pub boot_ms: Option<u64>,
     pub racks: BTreeMap<String, u32>,
 }
 

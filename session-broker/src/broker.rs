@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::{Catalog, CurrentDeployment};
 use crate::config::Config;
 use crate::db::Db;
+use crate::demand::Demand;
 use crate::metrics::Metrics;
 use crate::racks::client::ControllerClient;
 use crate::racks::registry::RackLive;
@@ -40,6 +41,8 @@ pub struct Broker {
     pub cold_starts: Mutex<HashMap<(String, String), u32>>,
     /// Racks whose event-stream follower runs.
     pub links: Mutex<HashSet<String>>,
+    /// Measured arrival rates and boot times.
+    pub demand: Demand,
 }
 
 impl Broker {
@@ -67,6 +70,7 @@ impl Broker {
             limiter: RateLimiter::default(),
             cold_starts: Mutex::new(HashMap::new()),
             links: Mutex::new(HashSet::new()),
+            demand: Demand::default(),
         }
     }
 
@@ -132,4 +136,14 @@ impl Broker {
         }
         CapacityIndex::new(regions.into_iter().map(|(id, racks)| scheduler::Region { id, racks }).collect())
     }
+}
+
+#[cfg(test)]
+pub(crate) fn test_broker() -> Arc<Broker> {
+    use clap::Parser;
+    let config = Config::load(crate::config::Cli::parse_from(["session-broker"])).expect("default config");
+    let db = Arc::new(crate::db::test_db());
+    let catalog = Catalog::load(db.clone()).expect("empty catalog");
+    let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
+    Arc::new(Broker::new(config, db, catalog, metrics, "op".into(), CancellationToken::new()))
 }

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use api::broker::{ApiKeyView, GamePacking, GameSpec, GameVersionSpec, RegionSpec, TenantSpec, TenantView};
+use api::broker::{
+    ApiKeyView, GamePacking, GameSpec, GameVersionSpec, RegionSpec, TenantSpec, TenantView, WarmTargetSpec,
+};
 use api::rack::DeploymentSpec;
 use rusqlite::{OptionalExtension, params};
 use service_kit::auth::{hash_token, new_token};
@@ -24,7 +26,7 @@ const MAX_TENANT_RATE: u32 = 1_000_000;
 pub struct GameEntry {
     pub spec: GameSpec,
     pub versions: BTreeMap<String, GameVersionSpec>,
-    pub warm_targets: BTreeMap<String, u32>,
+    pub warm_targets: BTreeMap<String, WarmTargetSpec>,
 }
 
 impl GameEntry {
@@ -121,13 +123,20 @@ impl Catalog {
                     g.versions.insert(version, serde_json::from_str(&spec)?);
                 }
             }
-            let mut stmt = conn.prepare("SELECT game, region, warm FROM warm_targets")?;
-            for row in stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, u32>(2)?))
-            })? {
-                let (game, region, warm) = row?;
+            let mut stmt = conn.prepare("SELECT game, region, warm, auto FROM warm_targets")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (game, region, warm, auto) = row?;
+                let auto = auto.map(|a| serde_json::from_str(&a)).transpose()?;
                 if let Some(g) = cache.games.get_mut(&game) {
-                    g.warm_targets.insert(region, warm);
+                    g.warm_targets.insert(region, WarmTargetSpec { warm, auto });
                 }
             }
             let mut stmt = conn.prepare("SELECT id, name, rate_per_s FROM tenants")?;
@@ -295,26 +304,30 @@ impl Catalog {
     }
 
     /// Sets the warm target of a game in a region.
-    pub fn set_warm_target(&self, game: &str, region: &str, warm: u32) -> Result<(), BrokerError> {
-        if warm > 10_000 {
-            return Err(BrokerError::invalid("invalid_warm_target", "warm must be at most 10000"));
-        }
+    pub fn set_warm_target(
+        &self,
+        game: &str,
+        region: &str,
+        spec: &WarmTargetSpec,
+    ) -> Result<(), BrokerError> {
+        spec.validate()?;
         if self.game(game).is_none() {
             return Err(BrokerError::unknown("unknown_game", format!("game {game:?} does not exist")));
         }
         if !self.has_region(region) {
             return Err(BrokerError::unknown("unknown_region", format!("region {region:?} does not exist")));
         }
+        let auto = spec.auto.as_ref().map(serde_json::to_string).transpose()?;
         self.db.write(|tx| -> Result<(), BrokerError> {
             tx.execute(
-                "INSERT INTO warm_targets (game, region, warm) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (game, region) DO UPDATE SET warm = excluded.warm",
-                params![game, region, warm],
+                "INSERT INTO warm_targets (game, region, warm, auto) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (game, region) DO UPDATE SET warm = excluded.warm, auto = excluded.auto",
+                params![game, region, spec.warm, auto],
             )?;
             Ok(())
         })?;
         if let Some(g) = self.write().games.get_mut(game) {
-            g.warm_targets.insert(region.to_string(), warm);
+            g.warm_targets.insert(region.to_string(), *spec);
         }
         Ok(())
     }
@@ -568,15 +581,24 @@ mod tests {
     }
 
     #[test]
-    fn warm_targets_need_a_known_game_and_region() {
+    fn warm_targets_need_a_known_game_and_region_and_survive_a_reload() {
         let c = catalog();
         c.put_game("g", &game()).unwrap();
+        let fixed = WarmTargetSpec { warm: 2, auto: None };
         assert!(matches!(
-            c.set_warm_target("g", "east", 2),
+            c.set_warm_target("g", "east", &fixed),
             Err(BrokerError::Unknown { code: "unknown_region", .. })
         ));
         c.put_region("east", &RegionSpec::default()).unwrap();
-        c.set_warm_target("g", "east", 2).unwrap();
-        assert_eq!(c.game("g").unwrap().warm_targets["east"], 2);
+        c.set_warm_target("g", "east", &fixed).unwrap();
+        assert_eq!(c.game("g").unwrap().warm_targets["east"], fixed);
+        let auto = WarmTargetSpec { warm: 1, auto: Some(api::broker::AutoWarm { max: 9, safety: 2.0 }) };
+        c.set_warm_target("g", "east", &auto).unwrap();
+        assert_eq!(Catalog::load(c.db.clone()).unwrap().game("g").unwrap().warm_targets["east"], auto);
+        let bad = WarmTargetSpec { warm: 5, auto: Some(api::broker::AutoWarm { max: 2, safety: 1.5 }) };
+        assert!(matches!(
+            c.set_warm_target("g", "east", &bad),
+            Err(BrokerError::Invalid { code: "invalid_warm_target", .. })
+        ));
     }
 }

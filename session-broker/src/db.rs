@@ -6,7 +6,8 @@ use std::sync::Mutex;
 use rusqlite::{Connection, Transaction};
 
 /// Schema versions, applied in order by [`service_kit::sqlite::open`].
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE regions (
     id TEXT PRIMARY KEY,
     description TEXT NOT NULL,
@@ -81,7 +82,10 @@ CREATE TABLE sessions (
 );
 CREATE INDEX sessions_by_state ON sessions (state);
 CREATE INDEX sessions_by_tenant ON sessions (tenant, created_ms);
-"#];
+"#,
+    // Warm targets that follow demand: the `AutoWarm` JSON, NULL for a fixed target.
+    "ALTER TABLE warm_targets ADD COLUMN auto TEXT;",
+];
 
 /// Why a database call failed.
 #[derive(Debug, thiserror::Error)]

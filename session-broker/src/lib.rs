@@ -9,6 +9,7 @@ pub mod broker;
 pub mod catalog;
 pub mod config;
 pub mod db;
+pub mod demand;
 pub mod error;
 pub mod http;
 pub mod metrics;

@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use api::broker::RackHealth;
+use api::broker::{RackHealth, WarmTargetSpec};
+use service_kit::time::now_ms;
 
 use crate::broker::Broker;
 use crate::catalog::{deployment_id, deployment_spec};
@@ -53,6 +54,21 @@ pub fn split(warm: u32, racks: &[String]) -> BTreeMap<String, u32> {
     racks.iter().enumerate().map(|(i, r)| (r.clone(), base + u32::from((i as u32) < rest))).collect()
 }
 
+/// The warm target in force for `game` in `region`: the fixed one, or the one that follows
+/// the measured demand.
+pub fn effective_target(broker: &Broker, game: &str, region: &str, spec: &WarmTargetSpec) -> u32 {
+    match &spec.auto {
+        None => spec.warm,
+        Some(auto) => crate::demand::follow(
+            broker.demand.rate(game, region, now_ms()),
+            broker.demand.boot_ms(game),
+            auto.safety,
+            spec.warm,
+            auto.max,
+        ),
+    }
+}
+
 /// One pool size to push.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolTarget {
@@ -82,7 +98,9 @@ pub fn targets(broker: &Broker) -> Vec<PoolTarget> {
     for (game, entry) in &games {
         let current = entry.current().map(|(v, _)| v.to_string());
         for (region, members) in &by_region {
-            let shares = split(entry.warm_targets.get(region).copied().unwrap_or(0), members);
+            let warm =
+                entry.warm_targets.get(region).map_or(0, |spec| effective_target(broker, game, region, spec));
+            let shares = split(warm, members);
             for rack_id in members {
                 let rack = &racks[rack_id];
                 for version in entry.versions.keys() {
@@ -175,6 +193,79 @@ pub async fn run(broker: Arc<Broker>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use api::broker::{AutoWarm, GameSpec, GameVersionSpec, RegionSpec};
+
+    /// A broker with game `g` (version 1) and one online rack `r1` in region `east`.
+    fn broker_with_rack() -> std::sync::Arc<Broker> {
+        let broker = crate::broker::test_broker();
+        let c = &broker.catalog;
+        c.put_region("east", &RegionSpec::default()).unwrap();
+        c.put_game("g", &serde_json::from_value::<GameSpec>(serde_json::json!({})).unwrap()).unwrap();
+        let version: GameVersionSpec = serde_json::from_value(serde_json::json!({
+            "images": {"x86_64": "img"}, "profile": {"millicores": 500, "memory_mib": 256},
+        }))
+        .unwrap();
+        c.put_version("g", "1", &version).unwrap();
+        c.put_game(
+            "g",
+            &serde_json::from_value::<GameSpec>(serde_json::json!({"current_version": "1"})).unwrap(),
+        )
+        .unwrap();
+        let registration = serde_json::from_value(serde_json::json!({
+            "region": "east", "controller_url": "http://c", "controller_token": "t",
+        }))
+        .unwrap();
+        let mut rack = crate::racks::registry::RackLive::new("r1");
+        rack.register(&registration, now_ms());
+        rack.stream_connected = true;
+        broker.racks().insert("r1".into(), rack);
+        broker
+    }
+
+    fn pool(broker: &Broker) -> u32 {
+        let t = targets(broker);
+        assert_eq!(t.len(), 1, "{t:?}");
+        t[0].pool_size
+    }
+
+    #[test]
+    fn a_fixed_target_plus_claims_plus_cold_starts_is_the_pool() {
+        let broker = broker_with_rack();
+        broker.catalog.set_warm_target("g", "east", &WarmTargetSpec { warm: 2, auto: None }).unwrap();
+        assert_eq!(pool(&broker), 2);
+        broker.with_rack("r1", |r| {
+            let claimed = crate::racks::registry::InstanceEntry {
+                deployment: "g-1".into(),
+                board: "b".into(),
+                state: api::rack::InstanceState::Claimed,
+            };
+            r.set_instance("i1", Some(claimed));
+        });
+        assert_eq!(pool(&broker), 3, "a claim makes the rack start a replacement");
+        cold_start(&broker, "r1", "g-1");
+        assert_eq!(pool(&broker), 4);
+        cold_start_done(&broker, "r1", "g-1");
+        assert_eq!(pool(&broker), 3);
+    }
+
+    #[test]
+    fn an_auto_target_follows_arrivals_times_boot_time_within_its_bounds() {
+        let broker = broker_with_rack();
+        let spec = WarmTargetSpec { warm: 1, auto: Some(AutoWarm { max: 8, safety: 1.0 }) };
+        broker.catalog.set_warm_target("g", "east", &spec).unwrap();
+        assert_eq!(pool(&broker), 1, "no boot measured yet: the floor");
+        broker.demand.boot_sample("g", 4000);
+        let now = now_ms();
+        // 30 requests in the last second: about 0.5 per second over the rate's time constant.
+        for _ in 0..30 {
+            broker.demand.arrival("g", "east", now);
+        }
+        assert_eq!(pool(&broker), 2, "0.5/s x 4 s");
+        for _ in 0..300 {
+            broker.demand.arrival("g", "east", now);
+        }
+        assert_eq!(pool(&broker), 8, "capped at max");
+    }
 
     #[test]
     fn shares_add_up_to_the_target() {

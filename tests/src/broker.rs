@@ -864,7 +864,7 @@ impl Setup {
                 .await
                 .unwrap_or_else(|e| panic!("PUT warm target {region}: {e:?}"));
             assert_eq!(
-                (view.game.as_str(), view.region.as_str(), view.warm),
+                (view.game.as_str(), view.region.as_str(), view.spec.warm),
                 (GAME, region, warm),
                 "{view:#?}"
             );

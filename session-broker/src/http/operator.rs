@@ -174,7 +174,7 @@ pub async fn put_warm_target(
     auth::operator(&s.broker, &headers, "set warm targets")?;
     let Path((game, region)) = path.map_err(bad_path)?;
     let JsonBody(spec) = body?;
-    s.broker.catalog.set_warm_target(&game, &region, spec.warm)?;
+    s.broker.catalog.set_warm_target(&game, &region, &spec)?;
     s.broker.pools_changed.notify_one();
     let current =
         s.broker.catalog.scheduler_game(&game).map(|(_, v)| crate::catalog::deployment_id(&game, &v));
@@ -190,7 +190,16 @@ pub async fn put_warm_target(
         .filter(|t| in_region.contains(&t.rack) && Some(&t.deployment) == current.as_ref())
         .map(|t| (t.rack, t.pool_size))
         .collect();
-    Ok(Json(WarmTargetView { game, region, warm: spec.warm, racks }))
+    let now = service_kit::time::now_ms();
+    Ok(Json(WarmTargetView {
+        effective: crate::pools::effective_target(&s.broker, &game, &region, &spec),
+        arrivals_per_s: s.broker.demand.rate(&game, &region, now),
+        boot_ms: s.broker.demand.boot_ms(&game),
+        game,
+        region,
+        spec,
+        racks,
+    }))
 }
 
 /// Creates a tenant.

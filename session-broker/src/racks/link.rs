@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::rack::{RackEvent, RackEventBody};
+use api::rack::{InstanceState, RackEvent, RackEventBody};
 use tokio::time::Instant;
 
 use crate::broker::Broker;
@@ -117,6 +117,7 @@ fn parse_block(block: &str) -> (String, String) {
 fn apply(broker: &Broker, rack: &str, event: RackEvent) {
     let mut capacity = false;
     let mut pools = false;
+    let mut boot_sample = None;
     broker.with_rack(rack, |r| {
         if event.seq <= r.last_event_seq {
             return;
@@ -124,6 +125,22 @@ fn apply(broker: &Broker, rack: &str, event: RackEvent) {
         r.last_event_seq = event.seq;
         match event.body {
             RackEventBody::Instance { instance, deployment, board, state, .. } => {
+                match state {
+                    InstanceState::Pending | InstanceState::Starting => {
+                        r.booting_since.entry(instance.clone()).or_insert(event.at_ms);
+                    }
+                    InstanceState::Ready => {
+                        if let (Some(since), Some(game)) =
+                            (r.booting_since.remove(&instance), r.deployments.get(&deployment))
+                        {
+                            boot_sample = Some((game.clone(), event.at_ms.saturating_sub(since)));
+                        }
+                    }
+                    InstanceState::Failed | InstanceState::Terminating => {
+                        r.booting_since.remove(&instance);
+                    }
+                    _ => {}
+                }
                 capacity = r.set_instance(&instance, Some(InstanceEntry { deployment, board, state }));
                 pools = true;
             }
@@ -138,6 +155,9 @@ fn apply(broker: &Broker, rack: &str, event: RackEvent) {
             _ => {}
         }
     });
+    if let Some((game, ms)) = boot_sample {
+        broker.demand.boot_sample(&game, ms);
+    }
     if capacity {
         broker.capacity_changed.notify_one();
     }

@@ -47,6 +47,8 @@ pub struct RackLive {
     pub pool_sizes: HashMap<String, u32>,
     pub instances: HashMap<String, InstanceEntry>,
     pub stock: HashMap<String, DeploymentStock>,
+    /// Instances being created, since when (unix ms of the rack's event): boot-time samples.
+    pub booting_since: HashMap<String, u64>,
     /// When the broker learned of the rack (a fresh rack gets a grace before it is unreachable).
     pub known_since: Instant,
 }
@@ -70,6 +72,7 @@ impl RackLive {
             pool_sizes: HashMap::new(),
             instances: HashMap::new(),
             stock: HashMap::new(),
+            booting_since: HashMap::new(),
             known_since: Instant::now(),
         }
     }

@@ -71,6 +71,7 @@ fn waiting(row: &SessionRow, explain: ExplainRecord) -> Waiting {
         explain,
         cold_start: None,
         skip_racks: Default::default(),
+        region: None,
         next_decision_ms: row.deadline_ms,
     }
 }
@@ -132,6 +133,11 @@ pub async fn create(
     }
     let mut w = waiting(&row, ExplainRecord::default());
     let outcome = placer::attempt(broker, &mut w).await;
+    // Demand is counted where the scheduler sends a request (else the player's home region).
+    if let Some(region) = w.region.clone().or_else(|| w.request.player.home_region().map(str::to_string)) {
+        broker.demand.arrival(&w.game, &region, now);
+        broker.pools_changed.notify_one();
+    }
     let row = settle(broker, w, outcome)?;
     broker.metrics.placement_seconds.observe(started.elapsed().as_secs_f64());
     Ok(Created { state: row.state, view: row.view() })

@@ -32,10 +32,11 @@ pub enum Attempt {
 pub async fn attempt(broker: &Arc<Broker>, w: &mut Waiting) -> Attempt {
     let now = now_ms();
     let remaining = w.deadline_ms.saturating_sub(now);
-    let Some((game, version)) = broker.catalog.scheduler_game(&w.game) else {
+    let Some((mut game, version)) = broker.catalog.scheduler_game(&w.game) else {
         // The game lost its current version meanwhile: wait for the operator (or the deadline).
         return if remaining == 0 { Attempt::Failed } else { Attempt::Wait };
     };
+    game.boot_ms = broker.demand.boot_ms(&game.id).unwrap_or(0);
     let mut request = w.request.clone();
     // The scheduler measures the deadline from the request's arrival.
     request.deadline_ms = w.deadline_ms.saturating_sub(w.created_ms).max(1);
@@ -45,6 +46,11 @@ pub async fn attempt(broker: &Arc<Broker>, w: &mut Waiting) -> Attempt {
         None => w.deadline_ms,
     };
     let outcome = decision.outcome.clone();
+    w.region = match &outcome {
+        Outcome::Place { region, .. } => Some(region.clone()),
+        Outcome::Queue { region, .. } => region.clone(),
+        Outcome::NoCapacity { .. } => None,
+    };
     w.explain
         .push_decision(serde_json::json!({"at_ms": now, "remaining_ms": remaining, "decision": decision}));
     match outcome {

@@ -20,6 +20,8 @@ pub struct Waiting {
     pub cold_start: Option<(String, String)>,
     /// Racks not to claim from again: a claim there timed out and is being released.
     pub skip_racks: HashSet<String>,
+    /// The region the latest decision chose (or waits for).
+    pub region: Option<String>,
     /// Decide again no later than this (a relaxation step), unix ms.
     pub next_decision_ms: u64,
 }

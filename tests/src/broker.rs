@@ -319,6 +319,17 @@ impl BrokerClient {
         self.operator(Method::PUT, &path, Some(json!({"warm": warm}))).await
     }
 
+    /// `PUT /v1/games/{id}/warm-targets/{region}` with a whole spec (a target following demand).
+    pub async fn put_warm_target_spec(
+        &self,
+        game: &str,
+        region: &str,
+        spec: &api::broker::WarmTargetSpec,
+    ) -> Result<WarmTargetView, ApiError> {
+        let path = format!("/v1/games/{game}/warm-targets/{region}");
+        self.operator(Method::PUT, &path, Some(to_value(spec))).await
+    }
+
     /// `POST /v1/tenants`.
     pub async fn create_tenant(&self, spec: &TenantSpec) -> Result<TenantView, ApiError> {
         self.operator(Method::POST, "/v1/tenants", Some(to_value(spec))).await

@@ -12,11 +12,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use api::broker::{RackHealth, SessionState, SessionView};
+use api::broker::{AutoWarm, RackHealth, SessionState, SessionView, WarmTargetSpec};
 use api::rack::{ClaimState, InstanceState};
 use e2e::broker::{
-    Broker, OPERATOR_TOKEN, READY_TIMEOUT, SESSION_LEASE_MS, Setup, Shape, now_ms, play, session_request,
-    sim_version, unix_ms, warm_of,
+    Broker, GAME, OPERATOR_TOKEN, READY_TIMEOUT, SESSION_LEASE_MS, Setup, Shape, now_ms, play,
+    session_request, sim_version, unix_ms, warm_of,
 };
 use e2e::{TestDir, ensure_image, try_docker_inspect, wait_until};
 use reqwest::Method;
@@ -722,4 +722,49 @@ async fn the_openapi_document_is_3_1_and_lists_every_session_route() {
     assert!(missing.is_empty(), "operator and rack routes missing from /openapi.json: {missing:?}");
     println!("{} paths listed", listed.len());
     assert!(broker.client.metrics().await.contains('#'), "GET /metrics is a Prometheus exposition");
+}
+
+// 9. A warm target that follows demand: the broker measures the instances' boot time from the
+// racks' events and the arrival rate of requests; a burst raises the region's target to its cap,
+// and the rack's pool with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_target_that_follows_demand_rises_with_a_burst_of_requests() {
+    let _slot = setup_slot().await;
+    let shape = Shape { east_boards: 2, west_boards: 1, east_warm: 1, west_warm: 1 };
+    let setup = Setup::start("sb-demand", shape).await;
+    let client = setup.client();
+    let auto = WarmTargetSpec { warm: 1, auto: Some(AutoWarm { max: 2, safety: 4.0 }) };
+    let view = client.put_warm_target_spec(GAME, "east", &auto).await.expect("PUT an auto warm target");
+    let boot = view.boot_ms.expect("the boot time is measured from the racks' events");
+    assert!((1..60_000).contains(&boot), "{view:#?}");
+    assert_eq!(view.effective, 1, "no requests yet: the floor: {view:#?}");
+
+    // 40 players close to east and beyond west's budget: one gets the warm instance, the rest
+    // queue briefly.
+    let far_west = [("east", 15.0), ("west", 200.0)];
+    let mut sessions = Vec::new();
+    for i in 0..40 {
+        sessions.push(setup.create(&format!("p-burst-{i}"), &far_west, Some(3000)).await.session);
+    }
+    let view = client.put_warm_target_spec(GAME, "east", &auto).await.expect("PUT the same target again");
+    assert!(view.arrivals_per_s > 0.4, "40 requests in a few seconds: {view:#?}");
+    assert_eq!(view.effective, 2, "arrivals x boot x safety is above the cap: {view:#?}");
+
+    // Once the burst is over (no session claimed, no cold start pending), the rack's pool is
+    // the raised target: 2, where the fixed floor would give 1.
+    for session in &sessions {
+        client.end_session(&setup.key, &session.id).await.expect("DELETE a burst session");
+    }
+    let east = setup.east.rack.client().clone();
+    let deployment = setup.deployment.clone();
+    wait_until(Duration::from_secs(30), "east-1's pool to hold the raised target", || {
+        let (east, deployment) = (east.clone(), deployment.clone());
+        async move {
+            let instances = east.try_instances(&deployment).await?;
+            let claimed = instances.iter().filter(|i| i.state == InstanceState::Claimed).count();
+            let pool = east.deployment(&deployment).await.spec.pool_size;
+            if claimed == 0 && pool == 2 { Ok(()) } else { Err(format!("pool {pool}, claimed {claimed}")) }
+        }
+    })
+    .await;
 }

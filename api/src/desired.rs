@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::SpecError;
 use crate::facts::PortRange;
 use crate::ids::is_valid_id;
-use crate::instance::InstanceSpec;
+use crate::instance::{InstanceSpec, is_valid_stream_token};
 
 /// The versioned set of instances a board must run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +109,9 @@ fn validate_instance(spec: &InstanceSpec, limits: &BoardLimits) -> Result<(), Sp
             return Err(SpecError::InvalidLaunch { id: id(), value: launch.clone() });
         }
     }
+    if spec.stream_token.as_deref().is_some_and(|t| !is_valid_stream_token(t)) {
+        return Err(SpecError::InvalidStreamToken { id: id() });
+    }
     Ok(())
 }
 
@@ -147,6 +150,7 @@ mod tests {
             boot_timeout_s: 60,
             readiness: Readiness::default(),
             reset_epoch: 0,
+            stream_token: None,
         }
     }
 
@@ -157,6 +161,18 @@ mod tests {
     #[test]
     fn a_valid_state_passes() {
         assert_eq!(state(vec![spec("a", 20000, 20001), spec("b", 20002, 20003)]).validate(&limits()), Ok(()));
+        let token = format!("st_{}", "0a".repeat(32));
+        let with_token = InstanceSpec { stream_token: Some(token), ..spec("a", 20000, 20001) };
+        assert_eq!(state(vec![with_token]).validate(&limits()), Ok(()));
+    }
+
+    #[test]
+    fn the_stream_token_is_left_out_of_the_wire_form_when_absent_and_never_in_errors() {
+        let json = serde_json::to_value(spec("a", 20000, 20001)).unwrap();
+        assert!(json.get("stream_token").is_none(), "{json}");
+        let secret = InstanceSpec { stream_token: Some("sec ret".into()), ..spec("a", 20000, 20001) };
+        let err = state(vec![secret]).validate(&limits()).unwrap_err();
+        assert!(!err.to_string().contains("sec ret"), "{err}");
     }
 
     #[test]
@@ -181,6 +197,19 @@ mod tests {
                     ..spec("a", 20000, 20001)
                 },
                 "invalid_launch",
+            ),
+            // The daemon puts the token on an ADB shell line: nothing a shell would interpret.
+            (
+                InstanceSpec { stream_token: Some("a;reboot".into()), ..spec("a", 20000, 20001) },
+                "invalid_stream_token",
+            ),
+            (
+                InstanceSpec { stream_token: Some(String::new()), ..spec("a", 20000, 20001) },
+                "invalid_stream_token",
+            ),
+            (
+                InstanceSpec { stream_token: Some("x".repeat(92)), ..spec("a", 20000, 20001) },
+                "invalid_stream_token",
             ),
         ];
         for (spec, code) in cases {

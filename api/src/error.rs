@@ -45,6 +45,9 @@ pub enum SpecError {
     InvalidLaunch { id: String, value: String },
     #[error("instance {id:?}: generation must be at least 1")]
     ZeroGeneration { id: String },
+    // The token itself is a secret and stays out of the message.
+    #[error("instance {id:?}: stream_token must be 1-91 characters of A-Z, a-z, 0-9, '_' and '-'")]
+    InvalidStreamToken { id: String },
 }
 
 impl SpecError {
@@ -64,6 +67,7 @@ impl SpecError {
             SpecError::InvalidDevicePath { .. } => "invalid_device_path",
             SpecError::InvalidLaunch { .. } => "invalid_launch",
             SpecError::ZeroGeneration { .. } => "invalid_generation",
+            SpecError::InvalidStreamToken { .. } => "invalid_stream_token",
         }
     }
 

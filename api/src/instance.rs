@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 pub const CONTAINER_ADB_PORT: u16 = 5555;
 /// Port the instance image serves the player stream on inside the container.
 pub const CONTAINER_STREAM_PORT: u16 = 8000;
+/// Android property holding the token the instance's stream accepts.
+pub const STREAM_TOKEN_PROP: &str = "sim.stream.token";
+/// Longest stream token: Android property values hold at most 91 bytes.
+pub const MAX_STREAM_TOKEN_LEN: usize = 91;
 
 /// One Android instance with concrete resources, as the board must run it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +55,12 @@ pub struct InstanceSpec {
     /// relaunch it) without recreating the container.
     #[serde(default)]
     pub reset_epoch: u64,
+    /// The secret the instance's stream accepts (`HELLO <token>`). The daemon applies it over
+    /// ADB as the Android property `sim.stream.token` before it reports the instance ready; it
+    /// is not part of the container, so a new token never recreates one. `None` leaves the
+    /// stream as the image starts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_token: Option<String>,
 }
 
 /// Host ports of one instance.
@@ -86,4 +96,11 @@ impl InstanceSpec {
     pub fn launch_package(&self) -> Option<&str> {
         self.readiness.launch.as_deref().and_then(|l| l.split_once('/')).map(|(p, _)| p)
     }
+}
+
+/// Whether `token` can be a stream token: 1-91 characters of `A-Z a-z 0-9 _ -`. The daemon puts
+/// it on an ADB shell command line (`setprop`), so nothing a shell would interpret may pass.
+pub fn is_valid_stream_token(token: &str) -> bool {
+    (1..=MAX_STREAM_TOKEN_LEN).contains(&token.len())
+        && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }

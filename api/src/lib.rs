@@ -13,7 +13,9 @@ pub mod status;
 pub use desired::{BoardLimits, DesiredState};
 pub use error::{ErrorBody, SpecError};
 pub use facts::{BoardFacts, CpuCluster, CpuTopology, DiskFacts, DockerFacts, KernelFacts, PortRange};
-pub use instance::{CONTAINER_ADB_PORT, CONTAINER_STREAM_PORT, InstancePorts, InstanceSpec, Readiness};
+pub use instance::{
+    CONTAINER_ADB_PORT, CONTAINER_STREAM_PORT, InstancePorts, InstanceSpec, Readiness, STREAM_TOKEN_PROP,
+};
 pub use status::{
     Anomaly, AnomalyKind, BoardEvent, BoardStatus, BootTimings, ExitInfo, InstancePhase, InstanceStatus,
     JournalEntry,

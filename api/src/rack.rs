@@ -383,6 +383,11 @@ pub struct ClaimView {
     pub host: String,
     pub ports: InstancePorts,
     pub lease_expires_at_ms: u64,
+    /// The token the claimed instance's stream accepts (`HELLO <token>`), while the claim is
+    /// active. `None` once it ended (the release drew the instance a new token, which belongs
+    /// to the next claim) and for an instance that has none (created before tokens existed).
+    #[serde(default)]
+    pub stream_token: Option<String>,
 }
 
 /// Renew many leases at once.

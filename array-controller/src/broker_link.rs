@@ -339,6 +339,7 @@ mod tests {
             claim_key: None,
             at_risk: false,
             state_since_ms: 0,
+            stream_token: None,
         };
         rack.write(|w| {
             rows::insert_instance(&w.tx, &row, w.now_ms)?;

@@ -180,7 +180,9 @@ fn validate_key(key: &str) -> Result<(), RackError> {
 }
 
 /// Ends an active claim and recycles its instance: recreated from its image (a new generation)
-/// or reset fast over ADB (a new reset epoch), as the deployment says.
+/// or reset fast over ADB (a new reset epoch), as the deployment says. Either way the instance
+/// gets a new stream token, which its board applies before it reports the instance ready
+/// again: the player of the ended claim cannot reach the next one's session.
 fn end_claim(w: &mut Write<'_>, key: &str, state: ClaimState) -> Result<(), RackError> {
     let claim: Option<(String, String, String)> =
         w.tx.query_row("SELECT instance_id, deployment_id, state FROM claims WHERE key = ?1", [key], |r| {
@@ -210,12 +212,15 @@ fn end_claim(w: &mut Write<'_>, key: &str, state: ClaimState) -> Result<(), Rack
     if draining {
         set_instance(w, &row, InstanceState::Terminating, Some("released while draining".into()), false)?;
     } else if deployment.is_some_and(|d| d.reset == ResetPolicy::Fast) {
-        w.tx.execute("UPDATE instances SET reset_epoch = reset_epoch + 1 WHERE id = ?1", [&instance_id])?;
+        w.tx.execute(
+            "UPDATE instances SET reset_epoch = reset_epoch + 1, stream_token = ?2 WHERE id = ?1",
+            params![instance_id, rows::new_stream_token()],
+        )?;
         set_instance(w, &row, InstanceState::Recycling, Some("fast reset".into()), false)?;
     } else {
         w.tx.execute(
-            "UPDATE instances SET generation = generation + 1, container_id = NULL WHERE id = ?1",
-            [&instance_id],
+            "UPDATE instances SET generation = generation + 1, container_id = NULL, stream_token = ?2 WHERE id = ?1",
+            params![instance_id, rows::new_stream_token()],
         )?;
         let row = rows::instance(&w.tx, &instance_id)?
             .ok_or_else(|| RackError::not_found("instance", &instance_id))?;
@@ -225,12 +230,14 @@ fn end_claim(w: &mut Write<'_>, key: &str, state: ClaimState) -> Result<(), Rack
     Ok(())
 }
 
-/// The claim of `key` with its connection details.
+/// The claim of `key` with its connection details. Only an active claim carries the stream
+/// token: an ended one's instance already has the token of its next claim.
 fn claim_view(conn: &Connection, key: &str) -> Result<Option<ClaimView>, RackError> {
     Ok(conn
         .prepare_cached(
             "SELECT c.deployment_id, c.instance_id, c.board_id, c.state, c.lease_expires_ms, b.address,
-                    i.adb_port, i.stream_port
+                    i.adb_port, i.stream_port,
+                    CASE WHEN c.state = 'active' AND i.claim_key = c.key THEN i.stream_token END
              FROM claims c JOIN boards b ON b.id = c.board_id
              LEFT JOIN instances i ON i.id = c.instance_id
              WHERE c.key = ?1",
@@ -249,6 +256,7 @@ fn claim_view(conn: &Connection, key: &str) -> Result<Option<ClaimView>, RackErr
                     adb: r.get::<_, Option<u16>>(6)?.unwrap_or(0),
                     stream: r.get::<_, Option<u16>>(7)?.unwrap_or(0),
                 },
+                stream_token: r.get(8)?,
             })
         })
         .optional()?)
@@ -344,6 +352,7 @@ pub(crate) mod tests {
                     claim_key: None,
                     at_risk: false,
                     state_since_ms: i as u64,
+                    stream_token: Some(rows::new_stream_token()),
                 };
                 rows::insert_instance(&w.tx, &row, w.now_ms)?;
             }
@@ -403,6 +412,79 @@ pub(crate) mod tests {
             rack.claim(request("s2")),
             Err(RackError::Conflict { code: "no_ready_instance", .. })
         ));
+    }
+
+    /// The stored stream token of instance `id`.
+    pub(crate) fn token_of(rack: &Rack, id: &str) -> Option<String> {
+        rack.db.read(|c| Ok::<_, RackError>(rows::instance(c, id)?.unwrap().stream_token)).unwrap()
+    }
+
+    /// Marks instance `id` ready again, as its board's report would after a recycle.
+    fn back_to_ready(rack: &Rack, id: &str) {
+        rack.write(|w| {
+            w.tx.execute("UPDATE instances SET state = 'ready' WHERE id = ?1", [id])?;
+            Ok::<_, RackError>(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_claim_carries_its_instances_token_and_a_release_rotates_it_with_the_generation() {
+        let (_dir, rack) = rack_with_ready(1);
+        let claim = rack.claim(request("s1")).unwrap();
+        let first = token_of(&rack, &claim.instance).expect("a created instance has a token");
+        assert!(first.starts_with("st_") && api::instance::is_valid_stream_token(&first), "{first}");
+        assert_eq!(claim.stream_token.as_deref(), Some(first.as_str()));
+        assert_eq!(rack.claim(request("s1")).unwrap().stream_token.as_deref(), Some(first.as_str()));
+        assert_eq!(rack.claim_of("s1").unwrap().stream_token.as_deref(), Some(first.as_str()));
+
+        let released = rack.release("s1").unwrap();
+        let second = token_of(&rack, &claim.instance).expect("a recycled instance has a token");
+        assert_ne!(second, first, "the release rotates the token");
+        assert_eq!(rack.instance_view(&claim.instance).unwrap().generation, 2);
+        // An ended claim carries no token: the instance's new one belongs to the next claim.
+        assert_eq!(released.stream_token, None);
+        assert_eq!(rack.claim_of("s1").unwrap().stream_token, None);
+
+        back_to_ready(&rack, &claim.instance);
+        let next = rack.claim(request("s2")).unwrap();
+        assert_eq!(next.instance, claim.instance);
+        assert_eq!(next.stream_token.as_deref(), Some(second.as_str()));
+        // A lapsed lease recycles, and rotates, the same way.
+        rack.write(|w| {
+            w.tx.execute("UPDATE claims SET lease_expires_ms = 0 WHERE key = 's2'", [])?;
+            Ok::<_, RackError>(())
+        })
+        .unwrap();
+        assert_eq!(rack.sweep_leases().unwrap(), 1);
+        let third = token_of(&rack, &claim.instance).unwrap();
+        assert!(third != second && third != first);
+        assert_eq!(rack.instance_view(&claim.instance).unwrap().generation, 3);
+    }
+
+    #[test]
+    fn a_fast_reset_rotates_the_token_with_the_reset_epoch() {
+        let (_dir, rack) = rack_with_ready(1);
+        rack.write(|w| {
+            let mut spec = rows::deployment(&w.tx, "d")?.unwrap();
+            spec.reset = ResetPolicy::Fast;
+            spec.launch = Some("com.example.game/.Main".into());
+            w.tx.execute(
+                "UPDATE deployments SET spec = ?1 WHERE id = 'd'",
+                [serde_json::to_string(&spec).unwrap()],
+            )?;
+            Ok::<_, RackError>(())
+        })
+        .unwrap();
+        let claim = rack.claim(request("s1")).unwrap();
+        let first = claim.stream_token.clone().expect("a token");
+        rack.release("s1").unwrap();
+        let row = rack.db.read(|c| Ok::<_, RackError>(rows::instance(c, &claim.instance)?.unwrap())).unwrap();
+        assert_eq!((row.generation, row.reset_epoch), (1, 1), "a fast reset keeps the generation");
+        let second = row.stream_token.expect("a token");
+        assert_ne!(second, first);
+        back_to_ready(&rack, &claim.instance);
+        assert_eq!(rack.claim(request("s2")).unwrap().stream_token, Some(second));
     }
 
     #[test]

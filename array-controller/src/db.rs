@@ -10,7 +10,8 @@ use api::rack::{RackEvent, RackEventBody};
 use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 
 /// Schema, one migration per entry; never edit an applied one, append a new one.
-pub const MIGRATIONS: &[&str] = &["
+pub const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE join_tokens (
         id TEXT PRIMARY KEY,
         token_hash TEXT NOT NULL UNIQUE,
@@ -82,7 +83,17 @@ pub const MIGRATIONS: &[&str] = &["
         at_ms INTEGER NOT NULL,
         body TEXT NOT NULL
     );
-"];
+",
+    "
+    -- The secret the instance's stream accepts; a new one with every generation and reset epoch.
+    ALTER TABLE instances ADD COLUMN stream_token TEXT;
+    -- On an upgraded rack, idle instances get a token at once (SQLite's generator is seeded
+    -- from the OS) and every board a new desired state that carries it. Claimed ones get theirs
+    -- when released, so a session already streaming with a token of the broker's keeps working.
+    UPDATE instances SET stream_token = 'st_' || lower(hex(randomblob(32))) WHERE claim_key IS NULL;
+    UPDATE boards SET desired_generation = desired_generation + 1;
+",
+];
 
 /// A failure of the database itself.
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +208,36 @@ mod tests {
             )
             .unwrap();
         assert_eq!(tables, 6);
+    }
+
+    #[test]
+    fn upgrading_gives_idle_instances_a_stream_token_and_their_boards_a_new_desired_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        {
+            let conn = service_kit::sqlite::open(&path, &MIGRATIONS[..1]).unwrap();
+            conn.execute_batch(
+                "INSERT INTO boards (id, state, arch, address, facts, credential_hash, last_heartbeat_ms,
+                     desired_generation, enrolled_ms) VALUES ('b1', 'ready', 'x86_64', 'a', '{}', 'h', 0, 7, 0);
+                 INSERT INTO instances (id, deployment_id, board_id, state, generation, millicores, cpus, memory_mib,
+                     gpu_slots, encoder_slots, adb_port, stream_port, claim_key, state_since_ms, created_ms)
+                 VALUES ('idle', 'd', 'b1', 'ready', 1, 100, '0', 64, 0, 0, 20000, 20001, NULL, 0, 0),
+                        ('held', 'd', 'b1', 'claimed', 1, 100, '0', 64, 0, 0, 20002, 20003, 's1', 0, 0);",
+            )
+            .unwrap();
+        }
+        let conn = service_kit::sqlite::open(&path, MIGRATIONS).unwrap();
+        let token = |id: &str| -> Option<String> {
+            conn.query_row("SELECT stream_token FROM instances WHERE id = ?1", [id], |r| r.get(0)).unwrap()
+        };
+        let idle = token("idle").expect("an idle instance gets a token");
+        assert!(idle.starts_with("st_") && api::instance::is_valid_stream_token(&idle), "{idle}");
+        // A session in progress keeps the token it streams with; its instance gets one on release.
+        assert_eq!(token("held"), None);
+        let generation: i64 = conn
+            .query_row("SELECT desired_generation FROM boards WHERE id = 'b1'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(generation, 8);
     }
 
     #[test]

@@ -100,5 +100,31 @@ pub fn instance_spec(
         boot_timeout_s: deployment.boot_timeout_s,
         readiness: Readiness { launch: deployment.launch.clone() },
         reset_epoch: row.reset_epoch,
+        stream_token: row.stream_token.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::claims::tests::{rack_with_ready, request, token_of};
+
+    #[test]
+    fn the_desired_state_carries_each_instances_current_stream_token() {
+        let (_dir, rack) = rack_with_ready(2);
+        let before = rack.desired_state("b1").unwrap();
+        assert_eq!(before.instances.len(), 2);
+        for spec in &before.instances {
+            assert!(spec.stream_token.is_some(), "{}", spec.id);
+            assert_eq!(spec.stream_token, token_of(&rack, &spec.id));
+        }
+        let claim = rack.claim(request("s1")).unwrap();
+        rack.release("s1").unwrap();
+        let after = rack.desired_state("b1").unwrap();
+        assert!(after.generation > before.generation, "the board is told");
+        let old = before.instances.iter().find(|s| s.id == claim.instance).unwrap();
+        let new = after.instances.iter().find(|s| s.id == claim.instance).unwrap();
+        assert_eq!(new.generation, old.generation + 1);
+        assert_ne!(new.stream_token, old.stream_token);
+        assert_eq!(new.stream_token, token_of(&rack, &claim.instance));
+    }
 }

@@ -78,6 +78,7 @@ impl Rack {
                 claim_key: None,
                 at_risk: false,
                 state_since_ms: w.now_ms,
+                stream_token: Some(rows::new_stream_token()),
             };
             rows::insert_instance(&w.tx, &row, w.now_ms)?;
             w.emit(RackEventBody::Instance {

@@ -109,10 +109,21 @@ pub struct InstanceRow {
     pub claim_key: Option<String>,
     pub at_risk: bool,
     pub state_since_ms: u64,
+    /// The secret the instance's stream accepts (see [`new_stream_token`]); `None` only for rows
+    /// claimed when tokens were introduced. Never in views or events.
+    pub stream_token: Option<String>,
 }
 
 const INSTANCE_COLUMNS: &str = "id, deployment_id, board_id, state, reason, generation, reset_epoch, millicores, cpus, \
-     memory_mib, gpu_slots, encoder_slots, adb_port, stream_port, container_id, claim_key, at_risk, state_since_ms";
+     memory_mib, gpu_slots, encoder_slots, adb_port, stream_port, container_id, claim_key, at_risk, state_since_ms, \
+     stream_token";
+
+/// A fresh stream token. An instance gets one when its row is created and a new one whenever
+/// its generation or reset epoch is bumped (a release), so whoever held the previous claim
+/// cannot reach the instance's next player.
+pub fn new_stream_token() -> String {
+    service_kit::auth::new_token("st")
+}
 
 fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<InstanceRow> {
     let state: String = row.get(3)?;
@@ -135,6 +146,7 @@ fn instance_from_row(row: &Row<'_>) -> rusqlite::Result<InstanceRow> {
         claim_key: row.get(15)?,
         at_risk: row.get(16)?,
         state_since_ms: row.get::<_, i64>(17)? as u64,
+        stream_token: row.get(18)?,
     })
 }
 
@@ -159,8 +171,8 @@ pub fn insert_instance(conn: &Connection, row: &InstanceRow, now_ms: u64) -> Res
     conn.prepare_cached(
         "INSERT INTO instances (id, deployment_id, board_id, state, reason, generation, reset_epoch, millicores, cpus,
              memory_mib, gpu_slots, encoder_slots, adb_port, stream_port, container_id, claim_key, at_risk,
-             state_since_ms, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?18)",
+             state_since_ms, created_ms, stream_token)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?18, ?19)",
     )?
     .execute(params![
         row.id,
@@ -181,6 +193,7 @@ pub fn insert_instance(conn: &Connection, row: &InstanceRow, now_ms: u64) -> Res
         row.claim_key,
         row.at_risk,
         now_ms as i64,
+        row.stream_token,
     ])?;
     Ok(())
 }

@@ -65,6 +65,12 @@ struct Record {
     /// whose boot stages were not watched and so are not timed.
     op_started: Option<Instant>,
     probe: Option<(String, JoinHandle<()>)>,
+    /// [`Probe::run`] of the current probe; reports of earlier probes are ignored.
+    probe_run: u64,
+    /// The stream token the current probe was given: it applies it before it reports the
+    /// instance ready, so once ready this is the token the stream accepts. Kept in memory only:
+    /// a restarted daemon probes every container again, which applies the token again.
+    stream_token: Option<String>,
     /// Last fast reset applied; loaded from the store on first use.
     reset_epoch: Option<u64>,
 }
@@ -109,6 +115,8 @@ pub struct Agent {
     docker_reachable: bool,
     probe_tx: mpsc::UnboundedSender<ProbeReport>,
     probe_rx: mpsc::UnboundedReceiver<ProbeReport>,
+    /// Number of the last probe started.
+    probe_runs: u64,
 }
 
 impl Agent {
@@ -121,6 +129,7 @@ impl Agent {
             docker_reachable: true,
             probe_tx,
             probe_rx,
+            probe_runs: 0,
         }
     }
 
@@ -192,9 +201,18 @@ impl Agent {
         self.observe(&specs, &owned).await;
         self.forget_old_failures();
         let mut wake_for_reset = None;
+        let mut resets_pending = Vec::new();
         for (spec, container_id) in self.resets_due(&specs, &owned) {
             if !self.fast_reset(spec, &container_id).await {
                 wake_for_reset = Some(Instant::now() + Duration::from_secs(1));
+                resets_pending.push(spec.id.as_str());
+            }
+        }
+        // A fast reset applies its new token itself (it restarts the probe); a token that
+        // changed on its own is applied here. One whose reset failed waits for the retry.
+        for (spec, container_id) in self.tokens_due(&specs, &owned) {
+            if !resets_pending.contains(&spec.id.as_str()) {
+                self.apply_new_token(spec, &container_id);
             }
         }
 
@@ -267,9 +285,50 @@ impl Agent {
         due
     }
 
-    /// Clears the game's data over ADB and restarts the readiness probe, which relaunches the
-    /// game and waits for it to be in the foreground again. Returns false when ADB failed (the
-    /// next pass retries).
+    /// Running containers whose probe was given another stream token than their spec now names.
+    /// The controller only rotates a token with a new generation (a new container) or a fast
+    /// reset; this catches any other change, such as a standalone `PUT /v1/desired`.
+    fn tokens_due<'s>(
+        &self,
+        specs: &HashMap<&str, &'s InstanceSpec>,
+        owned: &[OwnedContainer],
+    ) -> Vec<(&'s InstanceSpec, String)> {
+        owned
+            .iter()
+            .filter(|c| c.state == RunState::Running)
+            .filter_map(|container| {
+                let spec = *specs.get(container.instance.as_str())?;
+                let record = self.records.get(&spec.id)?;
+                // Without a probe on this container, `observe` starts one with the current spec.
+                let probing = record.probe.as_ref().is_some_and(|(id, _)| id == &container.id);
+                let due = spec.stream_token.is_some() && probing && record.stream_token != spec.stream_token;
+                due.then(|| (spec, container.id.clone()))
+            })
+            .collect()
+    }
+
+    /// Restarts the probe of a running container so it applies the spec's new stream token; a
+    /// ready instance is `booting` until it has.
+    fn apply_new_token(&mut self, spec: &InstanceSpec, container_id: &str) {
+        tracing::info!(instance = %spec.id, "stream token changed; applying it");
+        let record = self.records.entry(spec.id.clone()).or_default();
+        if record.phase == Some(InstancePhase::Ready) {
+            // Not a boot: no stage timings for this round.
+            record.op_started = None;
+            Self::set_phase(
+                &self.parts,
+                &spec.id,
+                record,
+                InstancePhase::Booting,
+                Some("stream token changed".into()),
+            );
+        }
+        self.start_probe(spec, container_id);
+    }
+
+    /// Clears the game's data over ADB and restarts the readiness probe, which applies the spec's
+    /// (new) stream token, relaunches the game and waits for it to be in the foreground again.
+    /// Returns false when ADB failed (the next pass retries).
     async fn fast_reset(&mut self, spec: &InstanceSpec, container_id: &str) -> bool {
         let addr = SocketAddr::new(self.parts.adb_host, spec.ports.adb);
         if let Some(package) = spec.launch_package() {
@@ -474,17 +533,22 @@ impl Agent {
     }
 
     fn start_probe(&mut self, spec: &InstanceSpec, container_id: &str) {
+        self.probe_runs += 1;
         let probe = Probe {
             instance: spec.id.clone(),
             container_id: container_id.to_string(),
             adb: SocketAddr::new(self.parts.adb_host, spec.ports.adb),
             boot_timeout: Duration::from_secs(spec.boot_timeout_s.into()),
             launch: spec.readiness.launch.clone(),
+            stream_token: spec.stream_token.clone(),
+            run: self.probe_runs,
         };
         let handle = tokio::spawn(readiness::run(probe, self.probe_tx.clone()));
         let record = self.records.entry(spec.id.clone()).or_default();
         record.stop_probe();
         record.probe = Some((container_id.to_string(), handle));
+        record.probe_run = self.probe_runs;
+        record.stream_token = spec.stream_token.clone();
     }
 
     fn on_probe(&mut self, report: ProbeReport) {
@@ -498,6 +562,11 @@ impl Agent {
         let Some(record) = self.records.get_mut(&report.instance) else { return };
         if record.container_id.as_deref() != Some(report.container_id.as_str()) {
             return; // a report about a container that has since been replaced
+        }
+        if record.probe_run != report.run {
+            // Sent by a probe since replaced (a fast reset or a new token): its `Booted` may
+            // predate the token the instance must have before it is ready.
+            return;
         }
         let elapsed = record.op_started.map(|t| t.elapsed());
         let stage = |name: &str, slot: &mut Option<u64>| {

@@ -244,10 +244,13 @@ pub fn container_name(board_id: &str, instance_id: &str) -> String {
     format!("appliance-{board_id}-{instance_id}")
 }
 
-/// A short, stable hash of the whole spec except `reset_epoch`: a fast reset happens inside the
-/// running container and must not recreate it.
+/// A short, stable hash of the whole spec except `reset_epoch` and `stream_token`: a fast reset
+/// and a new token are applied to the running container over ADB and must not recreate it.
 pub fn spec_hash(spec: &InstanceSpec) -> String {
-    let json = serde_json::to_vec(&InstanceSpec { reset_epoch: 0, ..spec.clone() }).unwrap_or_default();
+    // Without a token the serialized spec (and so the hash) is what it was before tokens
+    // existed, so an upgraded daemon adopts its containers as they run.
+    let json = serde_json::to_vec(&InstanceSpec { reset_epoch: 0, stream_token: None, ..spec.clone() })
+        .unwrap_or_default();
     hex::encode(&Sha256::digest(&json)[..8])
 }
 
@@ -349,6 +352,7 @@ mod tests {
             boot_timeout_s: 60,
             readiness: Readiness::default(),
             reset_epoch: 0,
+            stream_token: None,
         }
     }
 
@@ -383,5 +387,15 @@ mod tests {
         assert_eq!(a, spec_hash(&spec()));
         assert_ne!(a, spec_hash(&InstanceSpec { memory_mib: 512, ..spec() }));
         assert_eq!(a, spec_hash(&InstanceSpec { reset_epoch: 9, ..spec() }));
+    }
+
+    #[test]
+    fn the_stream_token_changes_neither_the_hash_nor_the_container() {
+        let with = |token: &str| InstanceSpec { stream_token: Some(token.into()), ..spec() };
+        assert_eq!(spec_hash(&spec()), spec_hash(&with("st_a")));
+        assert_eq!(spec_hash(&with("st_a")), spec_hash(&with("st_b")));
+        // A token is applied over ADB, never handed to the container (env, args, labels).
+        let body = serde_json::to_string(&container_body("b1", &with("st_secret"), &[0, 1])).unwrap();
+        assert!(!body.contains("st_secret"), "{body}");
     }
 }

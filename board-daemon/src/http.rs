@@ -6,7 +6,7 @@
 //! | GET    | /metrics      | none       | Prometheus metrics                               |
 //! | GET    | /v1/status    | none       | board and instance status                        |
 //! | GET    | /v1/facts     | none       | detected board facts                             |
-//! | GET    | /v1/desired   | none       | current desired state                            |
+//! | GET    | /v1/desired   | none       | current desired state, without stream tokens     |
 //! | PUT    | /v1/desired   | API token  | replace the desired state (standalone mode)      |
 //! | GET    | /v1/journal   | API token  | journal entries after `?after=SEQ` (`&limit=N`)  |
 
@@ -66,7 +66,16 @@ async fn facts(State(s): State<HttpState>) -> Json<BoardFacts> {
 }
 
 async fn get_desired(State(s): State<HttpState>) -> Json<DesiredState> {
-    Json(s.desired.current())
+    Json(without_stream_tokens(s.desired.current()))
+}
+
+/// The desired state as anyone who reaches the API may read it: stream tokens are secrets
+/// (whoever holds one can watch that instance's stream) and this endpoint has no credential.
+fn without_stream_tokens(mut desired: DesiredState) -> DesiredState {
+    for spec in &mut desired.instances {
+        spec.stream_token = None;
+    }
+    desired
 }
 
 /// Answer to an accepted desired state.

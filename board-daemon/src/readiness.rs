@@ -1,10 +1,12 @@
 //! Readiness over ADB: one probe task per running container. It waits for Android to report
-//! `sys.boot_completed=1`, optionally launches the game and waits for it to be in the
-//! foreground, then keeps checking that ADB still answers. It only reports; the agent decides.
+//! `sys.boot_completed=1`, applies the spec's stream token (`setprop sim.stream.token`, read
+//! back with `getprop`), optionally launches the game and waits for it to be in the foreground,
+//! then keeps checking that ADB still answers. It only reports; the agent decides.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use api::STREAM_TOKEN_PROP;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -24,7 +26,7 @@ const LIVENESS_FAILURES: u32 = 3;
 pub enum ProbeEvent {
     /// ADB answered for the first time.
     AdbAnswered,
-    /// `sys.boot_completed` is 1.
+    /// `sys.boot_completed` is 1 and the stream token, if the spec has one, is applied.
     Booted,
     /// The game package is in the foreground.
     Foreground,
@@ -41,6 +43,8 @@ pub enum ProbeEvent {
 pub struct ProbeReport {
     pub instance: String,
     pub container_id: String,
+    /// The probe's [`Probe::run`], so reports of a probe that was replaced are told apart.
+    pub run: u64,
     pub event: ProbeEvent,
 }
 
@@ -53,6 +57,10 @@ pub struct Probe {
     pub boot_timeout: Duration,
     /// `package/activity` to launch once booted.
     pub launch: Option<String>,
+    /// The token the stream must accept, applied once Android has booted.
+    pub stream_token: Option<String>,
+    /// Number of this probe among the agent's probes; reports carry it.
+    pub run: u64,
 }
 
 impl Probe {
@@ -60,6 +68,7 @@ impl Probe {
         tx.send(ProbeReport {
             instance: self.instance.clone(),
             container_id: self.container_id.clone(),
+            run: self.run,
             event,
         })
         .is_ok()
@@ -105,11 +114,31 @@ pub async fn run(probe: Probe, tx: mpsc::UnboundedSender<ProbeReport>) {
         // After a timeout keep looking, slower, so a late boot is still noticed.
         tokio::time::sleep(if timed_out { LIVENESS_POLL } else { BOOT_POLL }).await;
     }
+
+    // Stage 2: the stream token, before anything reports the instance usable, so a ready
+    // instance only ever streams to the holder of its current token.
+    if let Some(token) = &probe.stream_token {
+        loop {
+            match apply_stream_token(&probe, token).await {
+                Ok(()) => break,
+                Err(err) => last_error = err,
+            }
+            if !timed_out && Instant::now() >= deadline {
+                timed_out = true;
+                let detail =
+                    format!("stream token not applied within {:?}: {last_error}", probe.boot_timeout);
+                if !probe.report(&tx, ProbeEvent::BootTimeout { detail }) {
+                    return;
+                }
+            }
+            tokio::time::sleep(if timed_out { LIVENESS_POLL } else { BOOT_POLL }).await;
+        }
+    }
     if !probe.report(&tx, ProbeEvent::Booted) {
         return;
     }
 
-    // Stage 2: the game in the foreground, when asked for.
+    // Stage 3: the game in the foreground, when asked for.
     if let Some(launch) = &probe.launch {
         let package = launch.split_once('/').map(|(p, _)| p).unwrap_or(launch);
         let mut launched = false;
@@ -140,7 +169,7 @@ pub async fn run(probe: Probe, tx: mpsc::UnboundedSender<ProbeReport>) {
         return;
     }
 
-    // Stage 3: liveness.
+    // Stage 4: liveness.
     let mut failures = 0;
     loop {
         tokio::time::sleep(LIVENESS_POLL).await;
@@ -167,6 +196,22 @@ pub async fn run(probe: Probe, tx: mpsc::UnboundedSender<ProbeReport>) {
         if tx.is_closed() {
             return;
         }
+    }
+}
+
+/// Sets the stream token and reads it back (`setprop` is idempotent, so applying it again after
+/// a daemon restart is harmless). Errors name neither the token nor what the property held: both
+/// are secrets, and the error becomes an anomaly that travels to the controller's event log.
+async fn apply_stream_token(probe: &Probe, token: &str) -> Result<(), String> {
+    // The token is checked to be [A-Za-z0-9_-] before any desired state is accepted, so it is
+    // one plain word on this shell line. What `setprop` prints on failure repeats the value, so
+    // only the read-back decides.
+    probe.shell(&format!("setprop {STREAM_TOKEN_PROP} {token}")).await.map_err(|e| e.to_string())?;
+    let held = probe.shell(&format!("getprop {STREAM_TOKEN_PROP}")).await.map_err(|e| e.to_string())?;
+    if held.trim_end() == token {
+        Ok(())
+    } else {
+        Err(format!("{STREAM_TOKEN_PROP} does not hold the spec's token after setprop"))
     }
 }
 

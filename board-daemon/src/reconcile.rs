@@ -164,6 +164,7 @@ mod tests {
             boot_timeout_s: 60,
             readiness: Readiness::default(),
             reset_epoch: 0,
+            stream_token: None,
         }
     }
 
@@ -203,6 +204,14 @@ mod tests {
         let owned = vec![container("c-a", &old, RunState::Running)];
         let d = decide(&[InstanceSpec { memory_mib: 512, ..spec("a", 1) }], &owned, at_once, Instant::now());
         assert!(matches!(d.actions[..], [Action::Replace { .. }]));
+    }
+
+    #[test]
+    fn a_new_stream_token_or_reset_epoch_keeps_the_running_container() {
+        let old = InstanceSpec { stream_token: Some("st_old".into()), ..spec("a", 1) };
+        let owned = vec![container("c-a", &old, RunState::Running)];
+        let new = InstanceSpec { stream_token: Some("st_new".into()), reset_epoch: 1, ..spec("a", 1) };
+        assert_eq!(decide(&[new], &owned, at_once, Instant::now()), Decision::default());
     }
 
     #[test]

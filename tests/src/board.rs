@@ -264,7 +264,7 @@ impl TestBoard {
     }
 
     /// An android-sim instance spec with two fresh host ports of the board, 128 MiB, 128 pids,
-    /// all the board's CPUs and a 1 s boot delay.
+    /// all the board's CPUs, a 1 s boot delay and no stream token (the stream accepts any).
     pub fn sim_spec(&mut self, id: &str) -> InstanceSpec {
         let ports = InstancePorts { adb: self.ports.next_port(), stream: self.ports.next_port() };
         InstanceSpec {
@@ -282,6 +282,7 @@ impl TestBoard {
             boot_timeout_s: 60,
             readiness: Readiness::default(),
             reset_epoch: 0,
+            stream_token: None,
         }
     }
 }

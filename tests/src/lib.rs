@@ -14,6 +14,7 @@
 //! - [`metrics`]: read a sample out of a Prometheus text exposition.
 //! - [`adb`]: Debian's `adb` client on a private server port.
 //! - [`scratch`]: a temporary directory per test, kept when the test fails.
+//! - [`stream`]: a player on an instance's stream port (handshake, frames, being cut off).
 //! - [`simboards`]: SIMULATED boards for the benchmarks (enrol, report every instance ready).
 
 pub mod adb;
@@ -26,6 +27,7 @@ pub mod ports;
 pub mod process;
 pub mod scratch;
 pub mod simboards;
+pub mod stream;
 pub mod wait;
 
 pub use board::{ApiError, BoardClient, BoardConfig, BoardDaemon, TestBoard, instance};

@@ -13,6 +13,7 @@ use api::rack::{BoardState, ClaimState, InstanceState, InstanceView, RackEvent, 
 use e2e::controller::{
     BROKER_TOKEN, Controller, OPERATOR_TOKEN, Rack, RackBoard, by_state, sim_deployment, wait_instances,
 };
+use e2e::stream::{Player, hello};
 use e2e::{TestDir, board_containers, docker_inspect, ensure_image, wait_until};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -189,9 +190,10 @@ async fn fifty_concurrent_claims_get_exactly_the_six_ready_instances_once_each()
     assert_eq!(late.code, "no_ready_instance");
 
     // The claim answer is all a player needs.
-    let (key, claim) = won.iter().next().unwrap();
+    let (_, claim) = won.iter().next().unwrap();
     assert_eq!(claim.host, "127.0.0.1");
-    let ok = play(&claim.host, claim.ports.stream, key, 3).await;
+    let token = claim.stream_token.as_deref().expect("a claim carries its instance's stream token");
+    let ok = play(&claim.host, claim.ports.stream, token, 3).await;
     println!("player on {} got {ok:?} and 3 frames", claim.instance);
 }
 
@@ -288,6 +290,53 @@ async fn released_and_lapsed_claims_recycle_their_instance_and_a_renewed_lease_h
         (still.state, still.claim_key.as_deref(), still.generation, &still.container_id),
         (InstanceState::Claimed, Some("renewed"), renewed_before.generation, &renewed_before.container_id)
     );
+}
+
+// 3b. Stream tokens: a claim answers the token of its instance, whose stream takes that token
+// only. A release recreates the instance with a new token: the old one is refused, and the next
+// claim's works. Tokens are in no list and no event.
+#[tokio::test]
+async fn a_claims_stream_token_admits_its_player_only_and_a_recycled_instance_takes_the_next_claims() {
+    let _slot = rack_slot().await;
+    let (rack, _) = rack_with_pool("ac-token", 1, 1, &[]).await;
+    let client = rack.client();
+
+    let claim = client.claim(DEPLOYMENT, "first", None).await.expect("claim");
+    let token = claim.stream_token.clone().expect("a claim carries its instance's stream token");
+    assert!(token.starts_with("st_"), "{token}");
+    assert_eq!(client.get_claim("first").await.expect("GET claim").stream_token.as_ref(), Some(&token));
+    let port = claim.ports.stream;
+    assert_eq!(hello(&claim.host, port, "st_made_up").await, "ERR bad_token");
+    let mut player = Player::connect(&claim.host, port, &token).await;
+    assert!(player.accepted(), "{:?}", player.reply);
+    player.frames(3).await;
+
+    let before = instance_view(&rack, &claim.instance).await;
+    let released = client.release("first").await.expect("release");
+    // The ended claim carries no token: its instance's new one is the next claim's.
+    assert_eq!((released.state, released.stream_token), (ClaimState::Released, None));
+    // Recreating the container ends the stream.
+    player.wait_ended(READY_TIMEOUT).await;
+    let old_container = before.container_id.clone().unwrap();
+    wait_recycled(&rack, &claim.instance, before.generation, &old_container).await;
+    assert_eq!(hello(&claim.host, port, &token).await, "ERR bad_token", "the old token is refused");
+
+    let next = client.claim(DEPLOYMENT, "second", None).await.expect("claim the recycled instance");
+    assert_eq!(next.instance, claim.instance);
+    let next_token = next.stream_token.clone().expect("a token");
+    assert_ne!(next_token, token, "a recycled instance has a new token");
+    let mut player = Player::connect(&next.host, next.ports.stream, &next_token).await;
+    assert!(player.accepted(), "{:?}", player.reply);
+    player.frames(3).await;
+    assert_eq!(hello(&next.host, port, &token).await, "ERR bad_token");
+
+    // Secrets stay out of lists and the event log.
+    let listed = serde_json::to_string(&client.instances(DEPLOYMENT).await).unwrap();
+    let events =
+        serde_json::to_string(&client.events_until_quiet(None, Duration::from_millis(500)).await).unwrap();
+    for secret in [&token, &next_token] {
+        assert!(!listed.contains(secret.as_str()) && !events.contains(secret.as_str()));
+    }
 }
 
 // 4. The controller is SIGKILLed while claims are in flight and started again on the same data:
@@ -857,8 +906,15 @@ async fn a_fast_reset_game_is_cleared_and_relaunched_in_the_same_container() {
     let before = ready[0].clone();
     let container = before.container_id.clone().expect("a ready instance has a container");
 
-    client.claim(DEPLOYMENT, "fast-1", None).await.expect("claim");
+    let claim = client.claim(DEPLOYMENT, "fast-1", None).await.expect("claim");
+    let token = claim.stream_token.clone().expect("a token");
+    let mut player = Player::connect(&claim.host, claim.ports.stream, &token).await;
+    assert!(player.accepted(), "{:?}", player.reply);
+    player.frames(2).await;
     client.release("fast-1").await.expect("release");
+    // The same container carries on, but the reset gives it a new token: the player of the
+    // ended claim is cut off and cannot come back.
+    player.wait_ended(READY_TIMEOUT).await;
     let what = "the fast-reset instance back to ready";
     let list = wait_instances(client, DEPLOYMENT, READY_TIMEOUT, what, |list| {
         list.iter().any(|i| i.id == before.id && i.state == InstanceState::Ready)
@@ -867,6 +923,11 @@ async fn a_fast_reset_game_is_cleared_and_relaunched_in_the_same_container() {
     let after = list.into_iter().find(|i| i.id == before.id).unwrap();
     assert_eq!(after.generation, before.generation, "a fast reset keeps the generation");
     assert_eq!(after.container_id.as_deref(), Some(container.as_str()), "a fast reset keeps the container");
+    assert_eq!(hello(&claim.host, claim.ports.stream, &token).await, "ERR bad_token");
+    let next = client.claim(DEPLOYMENT, "fast-2", None).await.expect("claim again");
+    let next_token = next.stream_token.clone().expect("a token");
+    assert_ne!(next_token, token, "the fast reset rotated the token");
+    assert!(Player::connect(&next.host, next.ports.stream, &next_token).await.accepted());
 
     // The board applied reset epoch 1, went through booting ("fast reset") and back to ready with
     // the game in the foreground again.

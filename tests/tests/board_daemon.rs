@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use api::{AnomalyKind, BoardEvent, BoardStatus, DesiredState, InstancePhase, InstanceSpec, JournalEntry};
 use e2e::adb::AdbServer;
 use e2e::metrics::sample;
+use e2e::stream::{Player, hello};
 use e2e::{
     BoardClient, DockerCleanup, PortBlock, SIM_IMAGE, TestBoard, board_containers, docker, docker_inspect,
     ensure_image, instance, try_docker_inspect, wait_until, wait_until_every,
@@ -564,6 +565,67 @@ async fn an_instance_above_its_memory_limit_is_oom_killed_and_reported() {
     );
 }
 
+// 7. A stream token: the instance is ready only once the token is applied over ADB, and then its
+// stream takes that token only. A new token goes to the same container (no recreation) and cuts
+// the previous holder off. After a daemon restart the token is applied again, not trusted.
+#[tokio::test]
+async fn an_instance_streams_only_to_the_holder_of_its_stream_token() {
+    ensure_image();
+    let mut board = TestBoard::new("token");
+    let mut daemon = board.start_daemon().await;
+    let (first, second) = ("st_e2e_first_token", "st_e2e_second_token");
+    let spec = InstanceSpec { stream_token: Some(first.into()), ..board.sim_spec("tok") };
+    let port = spec.ports.stream;
+    daemon.client.put_desired(&state(1, vec![spec.clone()])).await.expect("accepted");
+    let status = wait_all_ready(&daemon.client, &["tok"]).await;
+    let container = container_of(&status, "tok");
+
+    // Ready means applied: the first HELLOs after `ready` are already checked against it.
+    assert_eq!(hello("127.0.0.1", port, "wrong").await, "ERR bad_token");
+    let mut player = Player::connect("127.0.0.1", port, first).await;
+    assert!(player.accepted(), "{:?}", player.reply);
+    player.frames(3).await;
+    // The secret is not in what anyone who reaches the daemon may read.
+    let desired = daemon.client.desired().await;
+    assert_eq!(desired.instances[0].stream_token, None, "GET /v1/desired shows no token");
+    assert!(!serde_json::to_string(&daemon.client.status().await).unwrap().contains(first));
+
+    // A new token without a new instance generation: applied to the running container.
+    let renewed = InstanceSpec { stream_token: Some(second.into()), ..spec.clone() };
+    daemon.client.put_desired(&state(2, vec![renewed])).await.expect("accepted");
+    player.wait_ended(Duration::from_secs(10)).await;
+    let status = wait_all_ready(&daemon.client, &["tok"]).await;
+    assert_eq!(container_of(&status, "tok"), container, "a new token keeps the container");
+    assert_eq!(instance(&status, "tok").unwrap().restarts, 0);
+    assert_eq!(hello("127.0.0.1", port, first).await, "ERR bad_token", "the old token is refused");
+    let mut player = Player::connect("127.0.0.1", port, second).await;
+    assert!(player.accepted(), "{:?}", player.reply);
+    player.frames(2).await;
+    drop(player);
+    let journal = daemon.client.journal(0).await;
+    assert!(
+        journal.iter().any(
+            |e| matches!(&e.event, BoardEvent::Phase { instance, phase: InstancePhase::Booting, reason, .. }
+            if instance == "tok" && reason.as_deref() == Some("stream token changed"))
+        ),
+        "not ready while the new token was applied: {journal:#?}"
+    );
+
+    // The daemon is killed and the property lost meanwhile: the restarted daemon applies the
+    // token again before it reports the instance ready.
+    assert!(!daemon.process.kill().success());
+    let adb = AdbServer::start();
+    let serial = format!("127.0.0.1:{}", spec.ports.adb);
+    adb.connect(&serial).expect("adb connect");
+    adb.shell(&serial, "setprop sim.stream.token st_intruder").expect("setprop");
+    assert!(Player::connect("127.0.0.1", port, "st_intruder").await.accepted());
+    let daemon = board.start_daemon().await;
+    let status = wait_all_ready(&daemon.client, &["tok"]).await;
+    assert_eq!(container_of(&status, "tok"), container, "adopted, not recreated");
+    assert_eq!(hello("127.0.0.1", port, "st_intruder").await, "ERR bad_token");
+    assert!(Player::connect("127.0.0.1", port, second).await.accepted());
+}
+
 // Bad input through the public API: refused with a stable code, and nothing changes.
 #[tokio::test]
 async fn bad_desired_states_are_refused_with_a_stable_code_and_change_nothing() {
@@ -627,6 +689,14 @@ async fn bad_desired_states_are_refused_with_a_stable_code_and_change_nothing() 
                 .await,
             422,
             "port_conflict",
+        ),
+        (
+            "a stream token a shell would interpret",
+            client
+                .put_desired(&offer(InstanceSpec { stream_token: Some("x;reboot".into()), ..b.clone() }))
+                .await,
+            422,
+            "invalid_stream_token",
         ),
         (
             "older generation",

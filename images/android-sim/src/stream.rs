@@ -7,6 +7,10 @@
 //!     or: OK <width>x<height>@<fps> dpi=<dpi>\n
 //!         FRAME <seq from 1> <unix_ms> <len>\n <len bytes> ...
 //! ```
+//!
+//! A stream ends when `sim.stream.token` changes to a token other than the one its client
+//! presented: the board daemon sets a new token when the instance is handed to its next player,
+//! and the previous player must not keep watching.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,9 +69,10 @@ impl Refusal {
     }
 }
 
-/// Decides whether a HELLO line (with or without its line ending) is accepted.
-/// `expected` is the current `sim.stream.token`; empty accepts any non-empty token.
-pub fn check_hello(line: &str, booted: bool, expected: &str) -> Result<(), Refusal> {
+/// Decides whether a HELLO line (with or without its line ending) is accepted, and returns the
+/// token it presented. `expected` is the current `sim.stream.token`; empty accepts any
+/// non-empty token.
+pub fn check_hello<'l>(line: &'l str, booted: bool, expected: &str) -> Result<&'l str, Refusal> {
     let line = line.trim_end_matches(['\n', '\r']);
     let token = line
         .strip_prefix("HELLO ")
@@ -76,10 +81,15 @@ pub fn check_hello(line: &str, booted: bool, expected: &str) -> Result<(), Refus
     if !booted {
         return Err(Refusal::NotBooted);
     }
-    if !expected.is_empty() && token != expected {
+    if !token_accepted(token, expected) {
         return Err(Refusal::BadToken);
     }
-    Ok(())
+    Ok(token)
+}
+
+/// Whether `token` is accepted while `sim.stream.token` is `expected` (empty accepts any).
+pub fn token_accepted(token: &str, expected: &str) -> bool {
+    expected.is_empty() || token == expected
 }
 
 /// One frame: header line plus payload, in one buffer so it goes out in one write.
@@ -99,18 +109,22 @@ async fn client(stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
     let verdict = match read {
         Ok(Ok(_)) if line.ends_with('\n') => {
             check_hello(&line, state.booted(), &state.prop(STREAM_TOKEN_PROP).unwrap_or_default())
+                .map(str::to_string)
         }
         _ => Err(Refusal::BadRequest),
     };
-    if let Err(refusal) = verdict {
-        println!("stream: {peer} refused ({})", refusal.code());
-        let _ = wr.write_all(format!("ERR {}\n", refusal.code()).as_bytes()).await;
-        // Half-close and drain briefly: closing with unread input would send a reset that
-        // can destroy the ERR line before the client reads it.
-        let _ = wr.shutdown().await;
-        let _ = timeout(Duration::from_secs(1), tokio::io::copy(&mut rd, &mut tokio::io::sink())).await;
-        return;
-    }
+    let token = match verdict {
+        Ok(token) => token,
+        Err(refusal) => {
+            println!("stream: {peer} refused ({})", refusal.code());
+            let _ = wr.write_all(format!("ERR {}\n", refusal.code()).as_bytes()).await;
+            // Half-close and drain briefly: closing with unread input would send a reset that
+            // can destroy the ERR line before the client reads it.
+            let _ = wr.shutdown().await;
+            let _ = timeout(Duration::from_secs(1), tokio::io::copy(&mut rd, &mut tokio::io::sink())).await;
+            return;
+        }
+    };
 
     let d = state.display;
     let ok = format!("OK {}x{}@{} dpi={}\n", d.width, d.height, d.fps, d.dpi);
@@ -119,16 +133,18 @@ async fn client(stream: TcpStream, peer: SocketAddr, state: Arc<State>) {
     }
     let _player = state.player_joined();
     println!("stream: {peer} connected (players={})", state.players());
-    let reason = send_frames(&mut wr, &mut rd, &state).await;
+    let reason = send_frames(&mut wr, &mut rd, &state, &token).await;
     drop(_player);
     println!("stream: {peer} disconnected ({reason}, players={})", state.players());
 }
 
-/// Sends frames until the client goes away; returns why it stopped.
+/// Sends frames until the client goes away or its token stops being accepted; returns why it
+/// stopped.
 async fn send_frames(
     wr: &mut OwnedWriteHalf,
     rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
     state: &State,
+    token: &str,
 ) -> String {
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(state.display.fps)));
     // A stalled client gets the next frame on time rather than a burst of stale ones.
@@ -138,6 +154,9 @@ async fn send_frames(
     loop {
         tokio::select! {
             _ = ticks.tick() => {
+                if !token_accepted(token, &state.prop(STREAM_TOKEN_PROP).unwrap_or_default()) {
+                    return "stream token changed".to_string();
+                }
                 seq += 1;
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
                 if let Err(e) = wr.write_all(&frame(seq, now.as_millis())).await {
@@ -161,8 +180,8 @@ mod tests {
 
     #[test]
     fn hello_checks_in_order() {
-        assert_eq!(check_hello("HELLO tok\n", true, ""), Ok(()));
-        assert_eq!(check_hello("HELLO tok\r\n", true, "tok"), Ok(()));
+        assert_eq!(check_hello("HELLO tok\n", true, ""), Ok("tok"));
+        assert_eq!(check_hello("HELLO tok\r\n", true, "tok"), Ok("tok"));
         assert_eq!(check_hello("HELLO tok\n", false, ""), Err(Refusal::NotBooted));
         assert_eq!(check_hello("HELLO tok\n", true, "other"), Err(Refusal::BadToken));
         assert_eq!(check_hello("HELLO \n", true, ""), Err(Refusal::BadRequest));

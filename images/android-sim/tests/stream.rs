@@ -71,3 +71,32 @@ fn token_from_env_and_setprop() {
     adb.shell("setprop sim.stream.token ''");
     assert!(hello(sim.stream_port, "HELLO anything\n").1.starts_with("OK "));
 }
+
+#[test]
+fn a_stream_ends_when_the_token_changes_to_another_one() {
+    let sim = Sim::start(&[("SIM_BOOT_SECONDS", "0"), ("SIM_STREAM_TOKEN", "first")]);
+    let (mut adb, _) = RawAdb::connect(sim.adb_port);
+    let (mut first, reply) = hello(sim.stream_port, "HELLO first\n");
+    assert!(reply.starts_with("OK "), "{reply:?}");
+    // Setting the same token again (as a restarted board daemon does) keeps the stream.
+    adb.shell("setprop sim.stream.token first");
+    let mut header = String::new();
+    first.read_line(&mut header).unwrap();
+    assert!(header.starts_with("FRAME "), "{header:?}");
+
+    adb.shell("setprop sim.stream.token second");
+    // The previous holder is cut off: its reads reach the end of the stream within a few frames.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 4096];
+    loop {
+        match first.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => assert!(std::time::Instant::now() < deadline, "the old stream kept going"),
+        }
+    }
+    let (mut second, reply) = hello(sim.stream_port, "HELLO second\n");
+    assert!(reply.starts_with("OK "), "{reply:?}");
+    let mut header = String::new();
+    second.read_line(&mut header).unwrap();
+    assert!(header.starts_with("FRAME "), "{header:?}");
+}

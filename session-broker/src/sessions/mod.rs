@@ -294,7 +294,7 @@ pub async fn recover(broker: &Arc<Broker>) -> Result<(), BrokerError> {
                             instance: claim.instance,
                             deployment: claim.deployment,
                             endpoint,
-                            token: service_kit::auth::new_token("st"),
+                            token: placer::session_token(claim.stream_token),
                             lease_expires_ms: now_ms() + broker.config.session_lease.as_millis() as u64,
                         });
                     } else {

@@ -181,7 +181,27 @@ fn placement(
             stream_port: claim.ports.stream,
             adb_port: claim.ports.adb,
         },
-        token: service_kit::auth::new_token("st"),
+        token: session_token(claim.stream_token),
         lease_expires_ms: now_ms() + broker.config.session_lease.as_millis() as u64,
+    }
+}
+
+/// The token a session's player streams with: the one the claimed instance's stream accepts.
+/// A controller that sends none (one from before stream tokens) runs instances that accept any
+/// token, so a random one keeps the session's answer the same shape.
+pub fn session_token(stream_token: Option<String>) -> String {
+    stream_token.unwrap_or_else(|| service_kit::auth::new_token("st"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::session_token;
+
+    #[test]
+    fn the_session_token_is_the_claimed_instances_own_else_a_random_one() {
+        assert_eq!(session_token(Some("st_from_the_rack".into())), "st_from_the_rack");
+        let (a, b) = (session_token(None), session_token(None));
+        assert!(a.starts_with("st_") && a.len() == 67, "{a}");
+        assert_ne!(a, b);
     }
 }

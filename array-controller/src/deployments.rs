@@ -194,13 +194,32 @@ impl Rack {
         deployment: Option<&str>,
         state: Option<InstanceState>,
     ) -> Result<Vec<InstanceView>, RackError> {
+        Ok(self.instance_snapshot(deployment, state)?.0)
+    }
+
+    /// Every instance and the sequence of the last event they reflect, read together: a
+    /// subscriber that starts from this snapshot and follows the events after that sequence
+    /// misses nothing and replays nothing.
+    pub fn instance_snapshot(
+        &self,
+        deployment: Option<&str>,
+        state: Option<InstanceState>,
+    ) -> Result<(Vec<InstanceView>, u64), RackError> {
         self.db.read(|conn| {
             let rows = rows::instances_where(
                 conn,
                 "(?1 IS NULL OR deployment_id = ?1) AND (?2 IS NULL OR state = ?2)",
                 params![deployment, state.map(|s| s.as_str())],
             )?;
-            Ok(rows.iter().map(|r| r.view()).collect())
+            // AUTOINCREMENT keeps the last sequence handed out even after compaction.
+            let seq: i64 = conn
+                .query_row(
+                    "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'events'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(crate::db::DbError::from)?;
+            Ok((rows.iter().map(|r| r.view()).collect(), seq as u64))
         })
     }
 
@@ -216,4 +235,34 @@ fn counts(conn: &rusqlite::Connection, id: &str) -> Result<BTreeMap<String, u32>
         conn.prepare_cached("SELECT state, count(*) FROM instances WHERE deployment_id = ?1 GROUP BY state")?;
     let rows = stmt.query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use api::rack::ClaimRequest;
+
+    use crate::claims::tests::rack_with_ready;
+
+    #[test]
+    fn a_snapshot_names_the_last_event_it_reflects_even_after_compaction() {
+        let (_dir, rack) = rack_with_ready(2);
+        let last = |rack: &crate::rack::Rack| {
+            crate::events::read_after(&rack.db, 0, 10_000).unwrap().last().map_or(0, |e| e.seq)
+        };
+        rack.claim(ClaimRequest { deployment: "d".into(), key: "k".into(), lease_ms: None }).unwrap();
+        let (list, seq) = rack.instance_snapshot(None, None).unwrap();
+        assert_eq!(list.len(), 2);
+        assert!(seq > 0);
+        assert_eq!(seq, last(&rack));
+        rack.release("k").unwrap();
+        let (_, after_claim) = rack.instance_snapshot(None, None).unwrap();
+        assert!(after_claim > seq);
+        assert_eq!(after_claim, last(&rack));
+        crate::events::compact(&rack.db, u64::MAX).unwrap();
+        assert_eq!(
+            rack.instance_snapshot(None, None).unwrap().1,
+            after_claim,
+            "compaction keeps the sequence"
+        );
+    }
 }

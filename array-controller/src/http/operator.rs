@@ -128,7 +128,7 @@ pub async fn list_instances(
     State(s): State<AppState>,
     headers: HeaderMap,
     query: QueryResult<InstanceQuery>,
-) -> Result<Json<Vec<InstanceView>>, HttpError> {
+) -> Result<([(&'static str, String); 1], Json<Vec<InstanceView>>), HttpError> {
     auth::operator_or_broker(&s.rack, &headers, "list instances")?;
     let Query(query) = query.map_err(bad_query)?;
     let state = match query.state.as_deref() {
@@ -137,8 +137,13 @@ pub async fn list_instances(
         })?),
         None => None,
     };
-    Ok(Json(s.rack.instance_views(query.deployment.as_deref(), state)?))
+    let (views, seq) = s.rack.instance_snapshot(query.deployment.as_deref(), state)?;
+    // The sequence of the last event the list reflects: follow `/v1/events` after it.
+    Ok(([(EVENT_SEQ_HEADER, seq.to_string())], Json(views)))
 }
+
+/// Header of `GET /v1/instances`: the last event sequence the list reflects.
+pub const EVENT_SEQ_HEADER: &str = "x-event-seq";
 
 pub async fn get_instance(
     State(s): State<AppState>,

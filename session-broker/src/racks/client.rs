@@ -7,6 +7,9 @@ use api::rack::{ClaimView, DeploymentSpec, DeploymentView, InstanceView, RenewRe
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+/// Header of the controller's instance list: the last event sequence the list reflects.
+const EVENT_SEQ_HEADER: &str = "x-event-seq";
+
 /// The controller's renew endpoint takes at most this many keys per call.
 pub const RENEW_BATCH: usize = 500;
 
@@ -160,9 +163,33 @@ impl ControllerClient {
         self.call(target, reqwest::Method::GET, "/v1/deployments", None, Duration::from_secs(5)).await
     }
 
-    /// `GET /v1/instances`.
-    pub async fn instances(&self, target: &Target) -> Result<Vec<InstanceView>, CallError> {
-        self.call(target, reqwest::Method::GET, "/v1/instances", None, Duration::from_secs(10)).await
+    /// `GET /v1/instances`, and the last event sequence the list reflects (when the controller
+    /// says).
+    pub async fn instances(&self, target: &Target) -> Result<(Vec<InstanceView>, Option<u64>), CallError> {
+        let response = self
+            .http
+            .get(format!("{}/v1/instances", target.url))
+            .bearer_auth(&target.token)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let seq = response.headers().get(EVENT_SEQ_HEADER).and_then(|v| v.to_str().ok()?.parse().ok());
+        let bytes = response.bytes().await.map_err(|e| CallError::Unreachable(e.to_string()))?;
+        if status != 200 {
+            return Err(CallError::Refused {
+                status,
+                code: "instances_refused".into(),
+                message: String::new(),
+            });
+        }
+        let list = serde_json::from_slice(&bytes).map_err(|e| CallError::Refused {
+            status,
+            code: "bad_answer".into(),
+            message: format!("/v1/instances: {e}"),
+        })?;
+        Ok((list, seq))
     }
 
     /// Opens `GET /v1/events` after `after`.

@@ -1,5 +1,6 @@
-//! Following a rack's event stream: one task per rack, resuming after the last sequence it
-//! applied, so a reconnect misses nothing. Instance events keep the rack's stock current;
+//! Following a rack's event stream: one task per rack. Each connection reads the rack's
+//! instances with the sequence of the last event they reflect, then follows the events after
+//! it, so nothing is missed and nothing replayed. Instance events keep the rack's stock current;
 //! deployment events its pool sizes; a `gap` (the rack compacted events this task never saw)
 //! is answered by reading every instance afresh.
 
@@ -62,6 +63,10 @@ async fn stream_once(broker: &Arc<Broker>, rack: &str, target: &Target) -> Resul
             r.pool_sizes.insert(d.id.clone(), d.spec.pool_size);
         }
     });
+    // Every connection starts from a snapshot of the rack's instances and follows the events
+    // after it: no replay of the whole retained log after a broker restart, and a controller
+    // whose log started over (a new database) is followed from its own sequence.
+    resnapshot(broker, rack, target).await?;
     let after = broker.with_rack(rack, |r| r.last_event_seq).unwrap_or(0);
     let mut response = broker.controllers.events(target, after).await.map_err(|e| e.to_string())?;
     broker.with_rack(rack, |r| {
@@ -166,18 +171,23 @@ fn apply(broker: &Broker, rack: &str, event: RackEvent) {
     }
 }
 
-/// Reads every instance of the rack afresh (after a gap in its event log).
+/// Reads every instance of the rack afresh (at the first connection, and after a gap in its
+/// event log); events the snapshot already reflects are skipped.
 async fn resnapshot(broker: &Broker, rack: &str, target: &Target) -> Result<(), String> {
-    let instances = broker.controllers.instances(target).await.map_err(|e| e.to_string())?;
+    let (instances, seq) = broker.controllers.instances(target).await.map_err(|e| e.to_string())?;
     broker.with_rack(rack, |r| {
         r.reset_instances(
             instances
                 .into_iter()
                 .map(|i| (i.id, InstanceEntry { deployment: i.deployment, board: i.board, state: i.state })),
-        )
+        );
+        if let Some(seq) = seq {
+            r.last_event_seq = seq;
+        }
     });
-    tracing::info!(rack, "re-read the rack's instances after a gap in its event log");
+    tracing::info!(rack, seq, "read the rack's instances");
     broker.capacity_changed.notify_one();
+    broker.pools_changed.notify_one();
     Ok(())
 }
 

@@ -189,5 +189,11 @@ pub async fn explain(
     let (tenant, _) = auth::tenant(&s.broker, &headers, "read sessions")?;
     let row = sessions::get_own(&s.broker, &tenant, &id)?;
     let record = store::explain(&s.broker.db, &row.id)?;
-    Ok(Json(SessionExplain { session: row.id, decisions: record.decisions, attempts: record.attempts }))
+    let decisions = record
+        .decisions
+        .iter()
+        .map(|raw| serde_json::from_str(raw.get()))
+        .collect::<Result<Vec<serde_json::Value>, _>>()
+        .map_err(HttpError::internal)?;
+    Ok(Json(SessionExplain { session: row.id, decisions, attempts: record.attempts }))
 }

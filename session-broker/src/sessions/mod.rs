@@ -86,10 +86,11 @@ pub async fn create(
     let started = std::time::Instant::now();
     request.validate()?;
     let hash = body_hash(&request)?;
-    if let Some(existing) = store::by_key(&broker.db, tenant, key)? {
-        return retried(broker, existing, &hash).await;
-    }
     let Some((_, version)) = broker.catalog.scheduler_game(&request.game) else {
+        // A retry of a session whose game has since lost its current version is still a retry.
+        if let Some(existing) = store::by_key(&broker.db, tenant, key)? {
+            return retried(broker, existing, &hash).await;
+        }
         return Err(BrokerError::unknown(
             "unknown_game",
             format!("game {:?} does not exist or has no current version", request.game),
@@ -125,8 +126,9 @@ pub async fn create(
         reason: None,
         created_ms: now,
     };
+    // The insert is the idempotency check: the key is UNIQUE per tenant.
     if !store::insert(&broker.db, &row)? {
-        // Another request with the same key won the race.
+        // A retry, or another request with the same key won the race.
         let existing =
             store::by_key(&broker.db, tenant, key)?.ok_or_else(|| BrokerError::not_found("session", key))?;
         return retried(broker, existing, &hash).await;
@@ -138,9 +140,37 @@ pub async fn create(
         broker.demand.arrival(&w.game, &region, now);
         broker.pools_changed.notify_one();
     }
-    let row = settle(broker, w, outcome)?;
+    let row = match settle(broker, w, outcome)? {
+        Some(Settled::Active(p)) => SessionRow {
+            state: SessionState::Active,
+            region: Some(p.region),
+            rack: Some(p.rack),
+            board: Some(p.board),
+            instance: Some(p.instance),
+            deployment: Some(p.deployment),
+            endpoint: Some(p.endpoint),
+            token: Some(p.token),
+            lease_expires_ms: Some(p.lease_expires_ms),
+            ..row
+        },
+        Some(Settled::Queued) => SessionRow { state: SessionState::Queued, ..row },
+        Some(Settled::Failed) => {
+            SessionRow { state: SessionState::Failed, reason: Some(NO_CAPACITY.into()), ..row }
+        }
+        // Ended while it was being placed.
+        None => store::get(&broker.db, &row.id)?.ok_or_else(|| BrokerError::not_found("session", &row.id))?,
+    };
     broker.metrics.placement_seconds.observe(started.elapsed().as_secs_f64());
     Ok(Created { state: row.state, view: row.view() })
+}
+
+const NO_CAPACITY: &str = "no_capacity";
+
+/// What [`settle`] wrote.
+enum Settled {
+    Active(store::Placement),
+    Queued,
+    Failed,
 }
 
 /// A retry: the same body gets the same session (once it is out of `placing`), another body
@@ -160,17 +190,19 @@ async fn retried(broker: &Broker, existing: SessionRow, hash: &str) -> Result<Cr
     Ok(Created { state: row.state, view: row.view() })
 }
 
-/// Writes an attempt's outcome; a session that must wait joins the queue.
-fn settle(broker: &Arc<Broker>, mut w: Waiting, outcome: Attempt) -> Result<SessionRow, BrokerError> {
+/// Writes an attempt's outcome; a session that must wait joins the queue. `None` when the
+/// session was ended meanwhile (nothing written; a claim made for it is released).
+fn settle(broker: &Arc<Broker>, mut w: Waiting, outcome: Attempt) -> Result<Option<Settled>, BrokerError> {
     let now = now_ms();
-    let id = w.id.clone();
     let from = [SessionState::Placing, SessionState::Queued];
-    match outcome {
+    let settled = match outcome {
         Attempt::Placed(placement) => {
             release_cold_start(broker, &mut w);
-            if !store::activate(&broker.db, &w.id, &placement, &w.explain, now)? {
-                // Ended while it was being placed: give the instance back.
+            if store::activate(&broker.db, &w.id, &placement, &w.explain, now)? {
+                Some(Settled::Active(placement))
+            } else {
                 spawn_release(broker, &placement.rack, &w.id);
+                None
             }
         }
         Attempt::Wait => {
@@ -179,26 +211,21 @@ fn settle(broker: &Arc<Broker>, mut w: Waiting, outcome: Attempt) -> Result<Sess
                 let mut queue = broker.queue.lock().unwrap_or_else(|p| p.into_inner());
                 queue.push(w);
                 broker.metrics.queued.set(queue.len() as i64);
+                Some(Settled::Queued)
             } else {
-                // Ended while it was being decided.
                 release_cold_start(broker, &mut w);
+                None
             }
         }
         Attempt::Failed => {
             release_cold_start(broker, &mut w);
-            store::transition(
-                &broker.db,
-                &w.id,
-                &from,
-                SessionState::Failed,
-                Some("no_capacity"),
-                Some(&w.explain),
-                now,
-            )?;
+            let failed = SessionState::Failed;
+            store::transition(&broker.db, &w.id, &from, failed, Some(NO_CAPACITY), Some(&w.explain), now)?
+                .then_some(Settled::Failed)
         }
-    }
+    };
     broker.session_changed();
-    store::get(&broker.db, &id)?.ok_or_else(|| BrokerError::not_found("session", &id))
+    Ok(settled)
 }
 
 fn release_cold_start(broker: &Broker, w: &mut Waiting) {

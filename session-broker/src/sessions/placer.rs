@@ -18,6 +18,14 @@ use crate::scheduler::{self, Outcome};
 use crate::sessions::queue::Waiting;
 use crate::sessions::store::Placement;
 
+/// One decision as the explanation record keeps it.
+#[derive(serde::Serialize)]
+struct DecisionRecord<'a> {
+    at_ms: u64,
+    remaining_ms: u64,
+    decision: &'a scheduler::Decision,
+}
+
 /// What an attempt came to.
 #[derive(Debug)]
 pub enum Attempt {
@@ -51,8 +59,11 @@ pub async fn attempt(broker: &Arc<Broker>, w: &mut Waiting) -> Attempt {
         Outcome::Queue { region, .. } => region.clone(),
         Outcome::NoCapacity { .. } => None,
     };
-    w.explain
-        .push_decision(serde_json::json!({"at_ms": now, "remaining_ms": remaining, "decision": decision}));
+    let record = DecisionRecord { at_ms: now, remaining_ms: remaining, decision: &decision };
+    match serde_json::value::to_raw_value(&record) {
+        Ok(raw) => w.explain.push_decision(raw),
+        Err(err) => tracing::error!(error = %err, "a decision could not be recorded"),
+    }
     match outcome {
         Outcome::Place { region, racks } => {
             Metrics::outcome(&broker.metrics.decisions, "place");

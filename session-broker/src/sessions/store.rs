@@ -32,9 +32,10 @@ pub struct SessionRow {
 }
 
 /// Decisions and claim attempts of a session (`GET /v1/sessions/{id}/explain`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExplainRecord {
-    pub decisions: Vec<serde_json::Value>,
+    /// Serialised once when taken (a placement is on the hot path), kept as raw JSON.
+    pub decisions: Vec<Box<serde_json::value::RawValue>>,
     pub attempts: Vec<ClaimAttempt>,
 }
 
@@ -43,7 +44,7 @@ const MAX_DECISIONS: usize = 20;
 const MAX_ATTEMPTS: usize = 50;
 
 impl ExplainRecord {
-    pub fn push_decision(&mut self, decision: serde_json::Value) {
+    pub fn push_decision(&mut self, decision: Box<serde_json::value::RawValue>) {
         if self.decisions.len() >= MAX_DECISIONS {
             // Keep the first decision and the latest ones.
             self.decisions.remove(1);

@@ -179,33 +179,39 @@ impl Rack {
 
     /// Refreshes the gauges of boards and instances by state.
     pub fn refresh_gauges(&self) -> Result<(), RackError> {
-        self.db.read(|conn| {
-            for state in BoardState::ALL {
-                let n: i64 =
-                    conn.query_row("SELECT count(*) FROM boards WHERE state = ?1", [state.as_str()], |r| {
-                        r.get(0)
-                    })?;
-                self.metrics
-                    .boards
-                    .get_or_create(&crate::metrics::StateLabels { state: state.as_str().into() })
-                    .set(n);
-            }
-            let n: i64 =
+        // One grouped scan per table: this runs every second under the database lock, and a
+        // claim waiting behind it is a claim's tail latency.
+        let (boards, instances, unreachable) = self.db.read(|conn| {
+            let grouped = |sql: &str| -> Result<Vec<(String, i64)>, RackError> {
+                let mut stmt = conn.prepare_cached(sql)?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            };
+            let unreachable: i64 =
                 conn.query_row("SELECT count(*) FROM boards WHERE reachable = 0", [], |r| r.get(0))?;
-            self.metrics.boards_unreachable.set(n);
-            for state in InstanceState::ALL {
-                let n: i64 = conn.query_row(
-                    "SELECT count(*) FROM instances WHERE state = ?1",
-                    [state.as_str()],
-                    |r| r.get(0),
-                )?;
-                self.metrics
-                    .instances
-                    .get_or_create(&crate::metrics::StateLabels { state: state.as_str().into() })
-                    .set(n);
-            }
-            Ok::<_, RackError>(())
+            Ok::<_, RackError>((
+                grouped("SELECT state, count(*) FROM boards GROUP BY state")?,
+                grouped("SELECT state, count(*) FROM instances GROUP BY state")?,
+                unreachable,
+            ))
         })?;
+        let count = |rows: &[(String, i64)], state: &str| {
+            rows.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n)
+        };
+        for state in BoardState::ALL {
+            let labels = crate::metrics::StateLabels { state: state.as_str().into() };
+            self.metrics.boards.get_or_create(&labels).set(count(&boards, state.as_str()));
+        }
+        self.metrics.boards_unreachable.set(unreachable);
+        for state in InstanceState::ALL {
+            let labels = crate::metrics::StateLabels { state: state.as_str().into() };
+            self.metrics.instances.get_or_create(&labels).set(count(&instances, state.as_str()));
+        }
+        Ok(())
+    }
+
+    /// Packing utilisation per resource (reads every instance row: run it seldom).
+    pub fn refresh_utilisation(&self) -> Result<(), RackError> {
         // Rows are read under the lock; the packer's arithmetic runs outside it.
         let (boards, instances) = self.db.read(|conn| {
             Ok::<_, RackError>((rows::boards(conn)?, rows::instances_where(conn, "1 = 1", [])?))

@@ -41,6 +41,8 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 const LEASE_SWEEP: Duration = Duration::from_millis(250);
 /// How often reachability and gauges are refreshed (and pools re-checked).
 const SLOW_SWEEP: Duration = Duration::from_secs(1);
+/// How often packing utilisation is recomputed (it reads every instance).
+const UTILISATION: Duration = Duration::from_secs(10);
 /// How often the event log is compacted.
 const COMPACTION: Duration = Duration::from_secs(60);
 
@@ -124,6 +126,7 @@ async fn lease_loop(rack: Arc<Rack>) {
 async fn sweep_loop(rack: Arc<Rack>) {
     let mut tick = tokio::time::interval(SLOW_SWEEP);
     let mut last_compaction = tokio::time::Instant::now();
+    let mut last_utilisation = tokio::time::Instant::now() - UTILISATION;
     loop {
         tokio::select! {
             _ = rack.shutdown.cancelled() => return,
@@ -134,6 +137,12 @@ async fn sweep_loop(rack: Arc<Rack>) {
         }
         if let Err(err) = rack.refresh_gauges() {
             tracing::error!(error = %err, "gauge refresh failed");
+        }
+        if last_utilisation.elapsed() >= UTILISATION {
+            last_utilisation = tokio::time::Instant::now();
+            if let Err(err) = rack.refresh_utilisation() {
+                tracing::error!(error = %err, "utilisation refresh failed");
+            }
         }
         if last_compaction.elapsed() >= COMPACTION {
             last_compaction = tokio::time::Instant::now();

@@ -301,11 +301,18 @@ pub async fn recover(broker: &Arc<Broker>) -> Result<(), BrokerError> {
         .values()
         .filter_map(|r| Some((r.id.clone(), r.region.clone()?, r.player_host.clone(), r.target.clone()?)))
         .collect();
+    // A rack that does not answer is asked once, not once per session: start-up must not wait
+    // a timeout for every session that was in flight.
+    let mut silent: std::collections::HashSet<String> = Default::default();
     for row in rows {
         let explain = store::explain(&broker.db, &row.id)?;
         let mut w = waiting(&row, explain);
         let mut adopted = None;
         for (rack, region, player_host, target) in &racks {
+            if silent.contains(rack) {
+                w.skip_racks.insert(rack.clone());
+                continue;
+            }
             match broker.controllers.get_claim(target, &row.id).await {
                 Ok(Some(claim)) if claim.state == api::rack::ClaimState::Active => {
                     if adopted.is_none() {
@@ -333,6 +340,9 @@ pub async fn recover(broker: &Arc<Broker>) -> Result<(), BrokerError> {
                     // Unknown: never claim there again for this session; its lease will lapse.
                     tracing::warn!(session = %row.id, rack = %rack, error = %err, "cannot check a claim during recovery");
                     w.skip_racks.insert(rack.clone());
+                    if matches!(err, crate::racks::client::CallError::Unreachable(_)) {
+                        silent.insert(rack.clone());
+                    }
                 }
             }
         }

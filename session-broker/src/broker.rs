@@ -33,8 +33,8 @@ pub struct Broker {
     pub capacity_changed: Notify,
     /// A pool size may have to change (claim, release, warm target, registration).
     pub pools_changed: Notify,
-    /// Bumped on every session state change; long-polls wait on it.
-    pub sessions_version: watch::Sender<u64>,
+    /// One channel per session someone long-polls, bumped when that session changes.
+    session_watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
     pub queue: Mutex<Queue>,
     pub limiter: RateLimiter,
     /// Instances asked of a rack by the cold path, per (rack, deployment).
@@ -65,7 +65,7 @@ impl Broker {
             shutdown,
             capacity_changed: Notify::new(),
             pools_changed: Notify::new(),
-            sessions_version: watch::channel(0).0,
+            session_watchers: Mutex::new(HashMap::new()),
             queue: Mutex::new(Queue::default()),
             limiter: RateLimiter::default(),
             cold_starts: Mutex::new(HashMap::new()),
@@ -84,9 +84,21 @@ impl Broker {
         self.racks().get_mut(id).map(f)
     }
 
-    /// Tells long-polls that a session changed.
-    pub fn session_changed(&self) {
-        self.sessions_version.send_modify(|v| *v += 1);
+    fn watchers(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
+        self.session_watchers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells the long-polls of session `id` (if any) that it changed.
+    pub fn session_changed(&self, id: &str) {
+        if let Some(tx) = self.watchers().get(id) {
+            tx.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Watches session `id` until the returned guard is dropped.
+    pub fn watch_session(&self, id: &str) -> SessionWatch<'_> {
+        let rx = self.watchers().entry(id.to_string()).or_insert_with(|| watch::channel(0).0).subscribe();
+        SessionWatch { broker: self, id: id.to_string(), rx: Some(rx) }
     }
 
     /// Every game's current deployment.
@@ -146,4 +158,61 @@ pub(crate) fn test_broker() -> Arc<Broker> {
     let catalog = Catalog::load(db.clone()).expect("empty catalog");
     let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
     Arc::new(Broker::new(config, db, catalog, metrics, "op".into(), CancellationToken::new()))
+}
+
+/// A long-poll's subscription to one session; the channel goes when its last watcher does.
+pub struct SessionWatch<'a> {
+    broker: &'a Broker,
+    id: String,
+    rx: Option<watch::Receiver<u64>>,
+}
+
+impl SessionWatch<'_> {
+    /// Waits for the next change of the session.
+    pub async fn changed(&mut self) -> bool {
+        match self.rx.as_mut() {
+            Some(rx) => rx.changed().await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Marks the current version as seen.
+    pub fn seen(&mut self) {
+        if let Some(rx) = self.rx.as_mut() {
+            rx.borrow_and_update();
+        }
+    }
+}
+
+impl Drop for SessionWatch<'_> {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        let mut watchers = self.broker.watchers();
+        if watchers.get(&self.id).is_some_and(|tx| tx.receiver_count() == 0) {
+            watchers.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_watch_wakes_on_its_own_session_only_and_goes_with_its_last_watcher() {
+        let broker = test_broker();
+        let mut a = broker.watch_session("a");
+        let mut b = broker.watch_session("b");
+        let a2 = broker.watch_session("a");
+        broker.session_changed("a");
+        broker.session_changed("nobody-waits");
+        assert!(tokio::time::timeout(Duration::from_secs(1), a.changed()).await.unwrap());
+        assert!(tokio::time::timeout(Duration::from_millis(50), b.changed()).await.is_err());
+        drop(a);
+        assert_eq!(broker.watchers().len(), 2, "a second watcher of a keeps its channel");
+        drop((a2, b));
+        assert!(broker.watchers().is_empty());
+    }
 }

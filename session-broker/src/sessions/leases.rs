@@ -61,7 +61,7 @@ fn expire(broker: &Arc<Broker>) -> Result<(), BrokerError> {
             if let Some(rack) = &row.rack {
                 spawn_release(broker, rack, &row.id);
             }
-            broker.session_changed();
+            broker.session_changed(&row.id);
         }
     }
     Ok(())
@@ -95,7 +95,7 @@ async fn renew(broker: &Arc<Broker>) -> Result<(), BrokerError> {
                         )?;
                         if ended {
                             tracing::warn!(session = %key, rack = %rack, "the rack no longer holds the session's claim");
-                            broker.session_changed();
+                            broker.session_changed(&key);
                         }
                     }
                 }

@@ -194,6 +194,7 @@ async fn retried(broker: &Broker, existing: SessionRow, hash: &str) -> Result<Cr
 /// session was ended meanwhile (nothing written; a claim made for it is released).
 fn settle(broker: &Arc<Broker>, mut w: Waiting, outcome: Attempt) -> Result<Option<Settled>, BrokerError> {
     let now = now_ms();
+    let id = w.id.clone();
     let from = [SessionState::Placing, SessionState::Queued];
     let settled = match outcome {
         Attempt::Placed(placement) => {
@@ -224,7 +225,7 @@ fn settle(broker: &Arc<Broker>, mut w: Waiting, outcome: Attempt) -> Result<Opti
                 .then_some(Settled::Failed)
         }
     };
-    broker.session_changed();
+    broker.session_changed(&id);
     Ok(settled)
 }
 
@@ -372,17 +373,18 @@ pub async fn wait_for_change(
     state: SessionState,
     timeout: Duration,
 ) -> Result<Option<SessionRow>, BrokerError> {
-    let mut rx = broker.sessions_version.subscribe();
+    // Subscribed before the first read, so a change between the two is not missed.
+    let mut watch = broker.watch_session(id);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        rx.borrow_and_update();
+        watch.seen();
         if let Some(row) = store::get(&broker.db, id)?
             && row.state != state
         {
             return Ok(Some(row));
         }
-        match tokio::time::timeout_at(deadline, rx.changed()).await {
-            Ok(Ok(())) => continue,
+        match tokio::time::timeout_at(deadline, watch.changed()).await {
+            Ok(true) => continue,
             _ => return Ok(None),
         }
     }
@@ -429,7 +431,7 @@ pub fn end(broker: &Arc<Broker>, tenant: &str, id: &str) -> Result<SessionRow, B
         if let Some(rack) = &row.rack {
             spawn_release(broker, rack, id);
         }
-        broker.session_changed();
+        broker.session_changed(id);
     }
     get_own(broker, tenant, id)
 }

@@ -515,6 +515,12 @@ pub struct BoardCapacity {
     pub free_encoder_slots: u32,
     #[serde(default)]
     pub free_ports: u32,
+    /// Allocatable millicores (after the host reserve); 0 when not reported.
+    #[serde(default)]
+    pub total_millicores: u64,
+    /// Allocatable GPU slots; 0 when the board has none or does not say.
+    #[serde(default)]
+    pub total_gpu_slots: u32,
 }
 
 /// `POST /v1/racks/{id}/register` (credential: the rack's): sent by the controller at start and

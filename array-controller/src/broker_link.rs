@@ -112,6 +112,8 @@ pub fn free_capacity(board: &BoardState) -> broker::BoardCapacity {
         free_gpu_slots: capacity.gpu_slots.saturating_sub(usage.gpu_slots),
         free_encoder_slots: capacity.encoder_slots.saturating_sub(usage.encoder_slots),
         free_ports: u32::try_from(usage.free_port_count(capacity.ports)).unwrap_or(u32::MAX),
+        total_millicores: u64::from(capacity.millicores),
+        total_gpu_slots: capacity.gpu_slots,
     }
 }
 
@@ -378,6 +380,7 @@ mod tests {
         assert_eq!(b1.gpu_kind.as_deref(), Some("mali-g610"));
         assert!(b1.schedulable);
         assert_eq!(b1.free_millicores, u64::from(all.millicores) - 2000);
+        assert_eq!(b1.total_millicores, u64::from(all.millicores), "totals let the broker weigh load");
         assert_eq!(b1.free_memory_mib, all.memory_mib - 2048);
         assert_eq!(b1.free_gpu_slots, all.gpu_slots - 2);
         assert_eq!(b1.free_encoder_slots, all.encoder_slots - 2);

@@ -138,7 +138,7 @@ impl Broker {
                 gpu_kinds: rack.boards.iter().filter_map(|b| b.gpu_kind.clone()).collect(),
                 games,
                 spare_slots: rack.spare_slots(mc, mem),
-                load: scheduler::Load::default(),
+                load: rack.load(),
                 uplinks: rack
                     .uplinks
                     .iter()

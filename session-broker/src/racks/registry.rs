@@ -9,6 +9,7 @@ use api::broker::{BoardCapacity, RackHealth, RackRegistration, RackView, Stock, 
 use api::rack::InstanceState;
 
 use super::client::Target;
+use crate::scheduler::Load;
 
 /// One instance as the rack's events describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +183,26 @@ impl RackLive {
             .min(u64::from(u32::MAX)) as u32
     }
 
+    /// The rack's load as the scheduler weighs it: the share of CPU and GPU that placed
+    /// instances hold, averaged over the boards that report their totals. Instances are pinned
+    /// and limited, so what is reserved is what a new instance competes with. Thermal headroom
+    /// is not reported by boards yet (1 = cool).
+    pub fn load(&self) -> Load {
+        let used = |free: u64, total: u64| {
+            if total == 0 { None } else { Some(1.0 - free.min(total) as f64 / total as f64) }
+        };
+        let mean = |values: Vec<f64>| {
+            if values.is_empty() { 0.0 } else { values.iter().sum::<f64>() / values.len() as f64 }
+        };
+        let cpu = self.boards.iter().filter_map(|b| used(b.free_millicores, b.total_millicores)).collect();
+        let gpu = self
+            .boards
+            .iter()
+            .filter_map(|b| used(u64::from(b.free_gpu_slots), u64::from(b.total_gpu_slots)))
+            .collect();
+        Load { cpu: mean(cpu), gpu: mean(gpu), thermal_headroom: 1.0 }
+    }
+
     /// The operator's view. `games` maps deployment stock to games.
     pub fn view(&self, after: Duration, games: BTreeMap<String, Stock>, spare_slots: u32) -> RackView {
         let (state, reason) = self.health(after);
@@ -254,8 +275,33 @@ mod tests {
             free_gpu_slots: 0,
             free_encoder_slots: 0,
             free_ports: 100,
+            total_millicores: 8000,
+            total_gpu_slots: 0,
         };
         rack.boards = vec![board(true, 2500, 10_000), board(true, 4000, 300), board(false, 9000, 9000)];
         assert_eq!(rack.spare_slots(1000, 256), 3);
+    }
+
+    #[test]
+    fn load_is_the_reserved_share_of_the_boards_that_report_totals() {
+        let mut rack = RackLive::new("r");
+        assert_eq!(rack.load(), Load::default());
+        let board = |free, total| BoardCapacity {
+            board: "b".into(),
+            arch: "x86_64".into(),
+            gpu_kind: None,
+            schedulable: true,
+            free_millicores: free,
+            free_memory_mib: 1000,
+            free_gpu_slots: 0,
+            free_encoder_slots: 0,
+            free_ports: 10,
+            total_millicores: total,
+            total_gpu_slots: 0,
+        };
+        rack.boards = vec![board(2000, 8000), board(8000, 8000), board(5, 0)];
+        let load = rack.load();
+        assert!((load.cpu - 0.375).abs() < 1e-9, "{load:?}");
+        assert_eq!((load.gpu, load.thermal_headroom), (0.0, 1.0));
     }
 }

@@ -180,14 +180,7 @@ fn token(
     configured: Option<&str>,
     prefix: &str,
 ) -> Result<String, ControllerError> {
-    if let Some(token) = configured {
-        return Ok(token.to_string());
-    }
     let path = data_dir.join(file);
-    let (token, created) = service_kit::files::load_or_create_token(&path, prefix)
-        .map_err(|source| ControllerError::Token { path: path.display().to_string(), source })?;
-    if created {
-        tracing::info!(path = %path.display(), "generated a token");
-    }
-    Ok(token)
+    service_kit::files::configured_or_stored_token(configured, &path, prefix)
+        .map_err(|source| ControllerError::Token { path: path.display().to_string(), source })
 }

@@ -207,16 +207,9 @@ async fn supervise(p: SupervisorParts) {
 /// The configured API token, or the one kept in `<data-dir>/api-token` (created on first start,
 /// readable only by the owner).
 fn api_token(config: &Config) -> Result<String, DaemonError> {
-    if let Some(token) = &config.api_token {
-        return Ok(token.clone());
-    }
     let path = token_path(&config.data_dir);
-    let (token, created) = service_kit::files::load_or_create_token(&path, "board")
-        .map_err(|source| DaemonError::Token { path: path.display().to_string(), source })?;
-    if created {
-        tracing::info!(path = %path.display(), "generated an API token");
-    }
-    Ok(token)
+    service_kit::files::configured_or_stored_token(config.api_token.as_deref(), &path, "board")
+        .map_err(|source| DaemonError::Token { path: path.display().to_string(), source })
 }
 
 /// Where the generated API token is kept.

@@ -22,6 +22,23 @@ pub fn load_or_create_token(path: &Path, prefix: &str) -> std::io::Result<(Strin
     }
 }
 
+/// The token given in the configuration, else the one kept in `path` (generated there on
+/// first start, owner-only, and logged so an operator knows where to find it).
+pub fn configured_or_stored_token(
+    configured: Option<&str>,
+    path: &Path,
+    prefix: &str,
+) -> std::io::Result<String> {
+    if let Some(token) = configured {
+        return Ok(token.to_string());
+    }
+    let (token, created) = load_or_create_token(path, prefix)?;
+    if created {
+        tracing::info!(path = %path.display(), "generated a token");
+    }
+    Ok(token)
+}
+
 fn create_token(path: &Path, prefix: &str) -> std::io::Result<(String, bool)> {
     let token = crate::auth::new_token(prefix);
     write_private(path, &token)?;
@@ -43,5 +60,16 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         std::fs::write(&path, "  \n").unwrap();
         assert!(load_or_create_token(&path, "op").unwrap().1, "an empty file gets a new token");
+    }
+
+    #[test]
+    fn a_configured_token_wins_over_the_stored_one_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        assert_eq!(configured_or_stored_token(Some("given"), &path, "op").unwrap(), "given");
+        assert!(!path.exists());
+        let stored = configured_or_stored_token(None, &path, "op").unwrap();
+        assert!(stored.starts_with("op_"));
+        assert_eq!(configured_or_stored_token(None, &path, "op").unwrap(), stored);
     }
 }

@@ -59,18 +59,10 @@ pub async fn run(
         &config.data_dir.join("session-broker.db"),
         db::MIGRATIONS,
     )?));
-    let operator_token = match &config.operator_token {
-        Some(token) => token.clone(),
-        None => {
-            let path = config.data_dir.join("operator-token");
-            let (token, created) = service_kit::files::load_or_create_token(&path, "op")
-                .map_err(|source| RunError::Token { path: path.display().to_string(), source })?;
-            if created {
-                tracing::info!(path = %path.display(), "generated the operator token");
-            }
-            token
-        }
-    };
+    let token_path = config.data_dir.join("operator-token");
+    let operator_token =
+        service_kit::files::configured_or_stored_token(config.operator_token.as_deref(), &token_path, "op")
+            .map_err(|source| RunError::Token { path: token_path.display().to_string(), source })?;
     let catalog = catalog::Catalog::load(db.clone())?;
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::register(&mut registry);

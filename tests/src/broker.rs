@@ -18,14 +18,13 @@ use api::rack::{ClaimState, ClaimView, DeploymentView, InstanceState, InstanceVi
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::board::ApiError;
 use crate::controller::{ControllerClient, Rack, wait_instances};
 use crate::docker::SIM_IMAGE;
 use crate::ports::free_port;
-use crate::process::{Process, binary};
 use crate::scratch::TestDir;
+use crate::service::Service;
 use crate::wait::wait_until;
 
 pub use crate::controller::Answer;
@@ -50,14 +49,12 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A running `session-broker` with its data directory, port and flags, so it can be killed and
 /// started again exactly as it was.
 pub struct Broker {
-    pub process: Option<Process>,
+    pub service: Service,
     pub client: BrokerClient,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     /// A prefix unique in this test process, for the ids of the boards of its racks.
     pub label: String,
-    log_dir: PathBuf,
-    args: Vec<String>,
 }
 
 static BROKERS: AtomicU32 = AtomicU32::new(0);
@@ -87,14 +84,13 @@ impl Broker {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
+        let service = Service::new("broker", "session-broker", "info,session_broker=debug", addr, args, dir);
         let mut broker = Broker {
-            process: None,
+            service,
             client: BrokerClient::new(addr),
             addr,
             data_dir,
             label: format!("bk{}", BROKERS.fetch_add(1, Ordering::Relaxed)),
-            log_dir: dir.to_path_buf(),
-            args,
         };
         broker.restart().await;
         broker
@@ -102,42 +98,22 @@ impl Broker {
 
     /// Starts the broker again (same flags, data and port) and waits until it answers.
     pub async fn restart(&mut self) {
-        assert!(self.process.as_mut().is_none_or(|p| !p.is_running()), "the broker still runs");
-        let mut process = Process::spawn(
-            "broker",
-            &binary("session-broker"),
-            &self.args,
-            &[("RUST_LOG", "info,session_broker=debug")],
-            &self.log_dir,
-        );
-        let client = self.client.clone();
-        wait_until(Duration::from_secs(20), "the broker to answer", || {
-            let running = process.is_running();
-            let client = client.clone();
-            async move {
-                assert!(running, "the broker exited during start-up");
-                client.healthz().await
-            }
-        })
-        .await;
-        self.process = Some(process);
+        self.service.restart().await;
     }
 
     /// SIGKILLs the broker.
     pub fn kill(&mut self) {
-        if let Some(process) = self.process.as_mut() {
-            process.kill();
-        }
+        self.service.kill();
     }
 
     /// The URL controllers are given.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.service.url()
     }
 
     /// Everything the broker has logged (all its runs).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_dir.join("broker.log")).unwrap_or_default()
+        self.service.log()
     }
 }
 
@@ -167,13 +143,6 @@ impl BrokerClient {
 
     pub fn base_url(&self) -> &str {
         &self.base
-    }
-
-    /// `GET /healthz`.
-    pub async fn healthz(&self) -> Result<(), String> {
-        let response =
-            self.http.get(format!("{}/healthz", self.base)).send().await.map_err(|e| e.to_string())?;
-        if response.status().is_success() { Ok(()) } else { Err(response.status().to_string()) }
     }
 
     /// Any request: `method path` with an optional bearer token, extra headers and a body (sent
@@ -607,41 +576,6 @@ pub fn unix_ms(rfc3339: &str) -> i64 {
 /// Unix ms now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as i64
-}
-
-/// Connects to a session's stream as its player: `HELLO <token>`, expects `OK ...` and then
-/// `frames` numbered frames with their payloads. Returns the `OK` line.
-pub async fn play(host: &str, port: u16, token: &str, frames: u64) -> String {
-    let stream = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((host, port)))
-        .await
-        .unwrap_or_else(|_| panic!("connecting to {host}:{port} timed out"))
-        .unwrap_or_else(|e| panic!("connect to the stream at {host}:{port}: {e}"));
-    let (rd, mut wr) = stream.into_split();
-    let mut rd = BufReader::new(rd);
-    wr.write_all(format!("HELLO {token}\n").as_bytes()).await.expect("send HELLO");
-    let mut ok = String::new();
-    tokio::time::timeout(Duration::from_secs(10), rd.read_line(&mut ok))
-        .await
-        .expect("OK in time")
-        .expect("read OK");
-    assert!(ok.starts_with("OK "), "the player is accepted at {host}:{port}: {ok:?}");
-    for expected in 1..=frames {
-        let mut header = String::new();
-        tokio::time::timeout(Duration::from_secs(10), rd.read_line(&mut header))
-            .await
-            .expect("a frame in time")
-            .expect("read a frame header");
-        let fields: Vec<&str> = header.split_whitespace().collect();
-        assert!(fields.len() == 4 && fields[0] == "FRAME", "frame header {header:?}");
-        assert_eq!(fields[1].parse::<u64>().ok(), Some(expected), "frame sequence in {header:?}");
-        let len: usize = fields[3].parse().expect("frame length");
-        let mut payload = vec![0u8; len];
-        tokio::time::timeout(Duration::from_secs(10), rd.read_exact(&mut payload))
-            .await
-            .expect("a frame payload in time")
-            .expect("read the frame payload");
-    }
-    ok.trim_end().to_string()
 }
 
 // --- racks ---------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 use crate::board::{BoardConfig, BoardDaemon, TestBoard};
 use crate::docker::SIM_IMAGE;
 use crate::ports::free_port;
-use crate::process::{Process, binary};
 use crate::scratch::TestDir;
+use crate::service::Service;
 use crate::wait::wait_until;
 
 pub use crate::board::ApiError;
@@ -46,12 +46,10 @@ android_kernel = false
 /// A running `array-controller` with its data directory, port and flags, so it can be killed
 /// and started again exactly as it was.
 pub struct Controller {
-    pub process: Option<Process>,
+    pub service: Service,
     pub client: ControllerClient,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
-    log_dir: PathBuf,
-    args: Vec<String>,
 }
 
 impl Controller {
@@ -83,56 +81,31 @@ impl Controller {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut controller = Controller {
-            process: None,
-            client: ControllerClient::new(addr),
-            addr,
-            data_dir,
-            log_dir: dir.to_path_buf(),
-            args,
-        };
+        let service =
+            Service::new("controller", "array-controller", "info,array_controller=debug", addr, args, dir);
+        let mut controller = Controller { service, client: ControllerClient::new(addr), addr, data_dir };
         controller.restart().await;
         controller
     }
 
     /// Starts the controller again (same flags, data and port) and waits until it answers.
     pub async fn restart(&mut self) {
-        assert!(self.process.as_mut().is_none_or(|p| !p.is_running()), "the controller still runs");
-        let mut process = Process::spawn(
-            "controller",
-            &binary("array-controller"),
-            &self.args,
-            &[("RUST_LOG", "info,array_controller=debug")],
-            &self.log_dir,
-        );
-        let client = self.client.clone();
-        wait_until(Duration::from_secs(20), "the controller to answer", || {
-            let running = process.is_running();
-            let client = client.clone();
-            async move {
-                assert!(running, "the controller exited during start-up");
-                client.healthz().await
-            }
-        })
-        .await;
-        self.process = Some(process);
+        self.service.restart().await;
     }
 
     /// SIGKILLs the controller.
     pub fn kill(&mut self) {
-        if let Some(process) = self.process.as_mut() {
-            process.kill();
-        }
+        self.service.kill();
     }
 
     /// The URL daemons are given.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.service.url()
     }
 
     /// Everything the controller has logged (all its runs).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_dir.join("controller.log")).unwrap_or_default()
+        self.service.log()
     }
 }
 
@@ -168,13 +141,6 @@ impl ControllerClient {
 
     pub fn base_url(&self) -> &str {
         &self.base
-    }
-
-    /// `GET /healthz`.
-    pub async fn healthz(&self) -> Result<(), String> {
-        let response =
-            self.http.get(format!("{}/healthz", self.base)).send().await.map_err(|e| e.to_string())?;
-        if response.status().is_success() { Ok(()) } else { Err(response.status().to_string()) }
     }
 
     /// Any request: `method path` with an optional JSON body and an optional bearer token.

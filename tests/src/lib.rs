@@ -13,6 +13,7 @@
 //!   a two-region setup.
 //! - [`metrics`]: read a sample out of a Prometheus text exposition.
 //! - [`adb`]: Debian's `adb` client on a private server port.
+//! - [`service`]: a service binary restartable exactly as it was (controller, broker).
 //! - [`scratch`]: a temporary directory per test, kept when the test fails.
 //! - [`stream`]: a player on an instance's stream port (handshake, frames, being cut off).
 //! - [`simboards`]: SIMULATED boards for the benchmarks (enrol, report every instance ready).
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod ports;
 pub mod process;
 pub mod scratch;
+pub mod service;
 pub mod simboards;
 pub mod stream;
 pub mod wait;

@@ -84,3 +84,12 @@ impl Player {
 pub async fn hello(host: &str, port: u16, token: &str) -> String {
     Player::connect(host, port, token).await.reply
 }
+
+/// Plays as the holder of `token`: `HELLO`, expects `OK ...`, then reads `frames` numbered frames
+/// with their payloads. Returns the `OK` line.
+pub async fn play(host: &str, port: u16, token: &str, frames: u64) -> String {
+    let mut player = Player::connect(host, port, token).await;
+    assert!(player.accepted(), "the player is accepted at {host}:{port}: {:?}", player.reply);
+    player.frames(frames).await;
+    player.reply
+}

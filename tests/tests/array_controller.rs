@@ -13,11 +13,10 @@ use api::rack::{BoardState, ClaimState, InstanceState, InstanceView, RackEvent, 
 use e2e::controller::{
     BROKER_TOKEN, Controller, OPERATOR_TOKEN, Rack, RackBoard, by_state, sim_deployment, wait_instances,
 };
-use e2e::stream::{Player, hello};
+use e2e::stream::{Player, hello, play};
 use e2e::{TestDir, board_containers, docker_inspect, ensure_image, wait_until};
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -97,35 +96,6 @@ async fn three_boards_enrol_and_six_instances_are_packed_over_them_and_become_re
     }
     let deployment = client.deployment(DEPLOYMENT).await;
     assert_eq!(deployment.instances, BTreeMap::from([("ready".to_string(), 6)]));
-}
-
-/// Connects to a claimed instance's stream port as a player: HELLO, OK, then `frames` frames
-/// with their payloads.
-async fn play(host: &str, port: u16, token: &str, frames: u64) -> String {
-    let stream = tokio::net::TcpStream::connect((host, port)).await.expect("connect to the stream port");
-    let (rd, mut wr) = stream.into_split();
-    let mut rd = BufReader::new(rd);
-    wr.write_all(format!("HELLO {token}\n").as_bytes()).await.expect("send HELLO");
-    let mut ok = String::new();
-    tokio::time::timeout(Duration::from_secs(10), rd.read_line(&mut ok))
-        .await
-        .expect("OK in time")
-        .expect("read OK");
-    assert!(ok.starts_with("OK "), "the player is accepted: {ok:?}");
-    for expected in 1..=frames {
-        let mut header = String::new();
-        tokio::time::timeout(Duration::from_secs(10), rd.read_line(&mut header))
-            .await
-            .expect("a frame in time")
-            .expect("read a frame header");
-        let fields: Vec<&str> = header.split_whitespace().collect();
-        assert!(fields.len() == 4 && fields[0] == "FRAME", "frame header {header:?}");
-        assert_eq!(fields[1].parse::<u64>().ok(), Some(expected), "frame sequence in {header:?}");
-        let len: usize = fields[3].parse().expect("frame length");
-        let mut payload = vec![0u8; len];
-        rd.read_exact(&mut payload).await.expect("read the frame payload");
-    }
-    ok.trim_end().to_string()
 }
 
 // 2. Fifty concurrent claims for six ready instances: exactly six win, each a different

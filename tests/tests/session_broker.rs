@@ -15,9 +15,10 @@ use std::time::Duration;
 use api::broker::{AutoWarm, RackHealth, SessionState, SessionView, WarmTargetSpec};
 use api::rack::{ClaimState, InstanceState};
 use e2e::broker::{
-    Broker, GAME, OPERATOR_TOKEN, READY_TIMEOUT, SESSION_LEASE_MS, Setup, Shape, now_ms, play,
-    session_request, sim_version, unix_ms, warm_of,
+    Broker, GAME, OPERATOR_TOKEN, READY_TIMEOUT, SESSION_LEASE_MS, Setup, Shape, now_ms, session_request,
+    sim_version, unix_ms, warm_of,
 };
+use e2e::stream::play;
 use e2e::{TestDir, ensure_image, try_docker_inspect, wait_until};
 use reqwest::Method;
 use serde_json::{Value, json};

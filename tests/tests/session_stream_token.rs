@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use api::broker::SessionState;
-use e2e::broker::{Setup, Shape, play};
+use e2e::broker::{Setup, Shape};
 use e2e::ensure_image;
-use e2e::stream::hello;
+use e2e::stream::{hello, play};
 
 /// A player close to east (15 ms) and within budget of west (60 ms).
 const EAST_NEAR: [(&str, f64); 2] = [("east", 15.0), ("west", 60.0)];

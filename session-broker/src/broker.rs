@@ -106,13 +106,10 @@ impl Broker {
         self.catalog.current_deployments()
     }
 
-    /// The scheduler's snapshot: every registered rack with its health and, per game, the
-    /// warm and claimed instances of the game's current deployment. Spare room is counted in
-    /// instances of the largest current profile, so it never promises room that is not there.
+    /// The scheduler's snapshot: every registered rack with its health, the warm and claimed
+    /// instances of each game's current deployment, and its spare room.
     pub fn capacity_index(&self) -> CapacityIndex {
         let current = self.current_deployments();
-        let (mc, mem) =
-            current.iter().fold((0, 0), |(mc, mem), d| (mc.max(d.millicores), mem.max(d.memory_mib)));
         let after = self.config.rack_unreachable_after;
         let mut regions: BTreeMap<String, Vec<scheduler::Rack>> = BTreeMap::new();
         for rack in self.racks().values() {
@@ -122,12 +119,10 @@ impl Broker {
                 RackHealth::Degraded => RackState::Degraded,
                 RackHealth::Unreachable => RackState::Unreachable,
             };
-            let games = current
-                .iter()
-                .map(|d| {
-                    let s = rack.stock_of(&d.deployment);
-                    (d.game.clone(), GameStock { warm: s.warm, active: s.active })
-                })
+            let games = rack
+                .stock_by_game(&current)
+                .into_iter()
+                .map(|(game, s)| (game, GameStock { warm: s.warm, active: s.active }))
                 .collect();
             regions.entry(region.clone()).or_default().push(scheduler::Rack {
                 id: rack.id.clone(),
@@ -137,7 +132,7 @@ impl Broker {
                 archs: rack.boards.iter().map(|b| b.arch.clone()).collect(),
                 gpu_kinds: rack.boards.iter().filter_map(|b| b.gpu_kind.clone()).collect(),
                 games,
-                spare_slots: rack.spare_slots(mc, mem),
+                spare_slots: rack.spare_for(&current),
                 load: rack.load(),
                 uplinks: rack
                     .uplinks

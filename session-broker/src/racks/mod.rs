@@ -5,7 +5,6 @@ pub mod client;
 pub mod link;
 pub mod registry;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use api::broker::{RackCredential, RackRegistration, RackView, RegistrationAck};
@@ -176,20 +175,6 @@ pub fn load(broker: &Arc<Broker>) -> Result<(), BrokerError> {
 /// Every rack as the operator sees it.
 pub fn views(broker: &Broker) -> Vec<RackView> {
     let current = broker.current_deployments();
-    let (mc, mem) = current.iter().fold((0, 0), |(a, b), d| (a.max(d.millicores), b.max(d.memory_mib)));
     let after = broker.config.rack_unreachable_after;
-    broker
-        .racks()
-        .values()
-        .map(|r| {
-            let games: BTreeMap<_, _> = current
-                .iter()
-                .map(|d| {
-                    let s = r.stock_of(&d.deployment);
-                    (d.game.clone(), api::broker::Stock { warm: s.warm, active: s.active })
-                })
-                .collect();
-            r.view(after, games, r.spare_slots(mc, mem))
-        })
-        .collect()
+    broker.racks().values().map(|r| r.view(after, &current)).collect()
 }

@@ -9,6 +9,7 @@ use api::broker::{BoardCapacity, RackHealth, RackRegistration, RackView, Stock, 
 use api::rack::InstanceState;
 
 use super::client::Target;
+use crate::catalog::CurrentDeployment;
 use crate::scheduler::Load;
 
 /// One instance as the rack's events describe it.
@@ -203,9 +204,27 @@ impl RackLive {
         Load { cpu: mean(cpu), gpu: mean(gpu), thermal_headroom: 1.0 }
     }
 
-    /// The operator's view. `games` maps deployment stock to games.
-    pub fn view(&self, after: Duration, games: BTreeMap<String, Stock>, spare_slots: u32) -> RackView {
+    /// Warm and claimed instances of each game's current deployment, by game.
+    pub fn stock_by_game(&self, current: &[CurrentDeployment]) -> BTreeMap<String, DeploymentStock> {
+        current.iter().map(|d| (d.game.clone(), self.stock_of(&d.deployment))).collect()
+    }
+
+    /// Room for more instances, counted in instances of the largest current profile so it
+    /// never promises room that is not there.
+    pub fn spare_for(&self, current: &[CurrentDeployment]) -> u32 {
+        let (mc, mem) =
+            current.iter().fold((0, 0), |(mc, mem), d| (mc.max(d.millicores), mem.max(d.memory_mib)));
+        self.spare_slots(mc, mem)
+    }
+
+    /// The operator's view.
+    pub fn view(&self, after: Duration, current: &[CurrentDeployment]) -> RackView {
         let (state, reason) = self.health(after);
+        let games = self
+            .stock_by_game(current)
+            .into_iter()
+            .map(|(game, s)| (game, Stock { warm: s.warm, active: s.active }))
+            .collect();
         RackView {
             id: self.id.clone(),
             region: self.region.clone(),
@@ -217,7 +236,7 @@ impl RackLive {
             stream_connected: self.stream_connected,
             last_event_seq: self.last_event_seq,
             games,
-            spare_slots,
+            spare_slots: self.spare_for(current),
             reason,
         }
     }

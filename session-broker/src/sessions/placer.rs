@@ -125,23 +125,6 @@ async fn claim_at(
     });
     match result {
         Ok(claim) => Some(placement(broker, region, rack, player_host, claim)),
-        Err(CallError::Refused { code, .. }) if code == "no_ready_instance" => {
-            // The index was ahead of the rack: forget its warm stock until events say otherwise.
-            broker.with_rack(rack, |r| {
-                let stale: Vec<String> = r
-                    .instances
-                    .iter()
-                    .filter(|(_, e)| e.deployment == deployment && e.state == InstanceState::Ready)
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                for id in stale {
-                    let mut e = r.instances[&id].clone();
-                    e.state = InstanceState::Recycling;
-                    r.set_instance(&id, Some(e));
-                }
-            });
-            None
-        }
         Err(CallError::Refused { .. }) => None,
         Err(CallError::Unreachable(_)) => {
             // The claim may have been made after all: release it, and do not come back here

@@ -245,8 +245,8 @@ pub enum ConfigError {
     RackId(String),
     #[error("policy {0:?} is not one of \"fill\", \"spread\"")]
     Policy(String),
-    #[error("{name} must be between {min} and {max} ms")]
-    Range { name: &'static str, min: u64, max: u64 },
+    #[error(transparent)]
+    Range(#[from] service_kit::settings::OutOfRange),
     #[error("no board classes are configured: add [[class]] tables to the config file")]
     NoClasses,
     #[error("{name} {value:?} must start with http:// or https://")]
@@ -300,7 +300,7 @@ impl Config {
             "spread" => Policy::Spread,
             other => return Err(ConfigError::Policy(other.to_string())),
         };
-        let ms = ms_in_range;
+        let ms = service_kit::settings::millis;
         let classes = file.class;
         if classes.is_empty() {
             return Err(ConfigError::NoClasses);
@@ -386,7 +386,7 @@ fn broker_link(
         public_url,
         player_host,
         uplinks: uplinks(std::mem::take(&mut file.uplinks), &cli.uplinks)?,
-        heartbeat: ms_in_range(
+        heartbeat: service_kit::settings::millis(
             "broker_heartbeat_ms",
             cli.broker_heartbeat_ms.or(file.broker_heartbeat_ms),
             2000,
@@ -394,21 +394,6 @@ fn broker_link(
             60_000,
         )?,
     }))
-}
-
-fn ms_in_range(
-    name: &'static str,
-    value: Option<u64>,
-    default: u64,
-    min: u64,
-    max: u64,
-) -> Result<Duration, ConfigError> {
-    let v = value.unwrap_or(default);
-    if (min..=max).contains(&v) {
-        Ok(Duration::from_millis(v))
-    } else {
-        Err(ConfigError::Range { name, min, max })
-    }
 }
 
 /// `url` without a trailing '/', if it is http(s).
@@ -668,10 +653,13 @@ mod tests {
             (Cli { public_url: Some("10.0.0.5:7200".into()), ..broker_cli() }, "Url { name: \"public url\""),
             (Cli { player_host: Some("http://host".into()), ..broker_cli() }, "PlayerHost"),
             (Cli { player_host: Some(String::new()), ..broker_cli() }, "PlayerHost"),
-            (Cli { broker_heartbeat_ms: Some(99), ..broker_cli() }, "Range { name: \"broker_heartbeat_ms\""),
+            (
+                Cli { broker_heartbeat_ms: Some(99), ..broker_cli() },
+                "Range(OutOfRange { name: \"broker_heartbeat_ms\"",
+            ),
             (
                 Cli { broker_heartbeat_ms: Some(60_001), ..broker_cli() },
-                "Range { name: \"broker_heartbeat_ms\"",
+                "Range(OutOfRange { name: \"broker_heartbeat_ms\"",
             ),
         ];
         for (cli, expected) in cases {

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod files;
 pub mod http_error;
 pub mod metrics;
+pub mod settings;
 pub mod shutdown;
 pub mod sqlite;
 pub mod telemetry;

@@ -91,8 +91,8 @@ pub enum ConfigError {
     Read { path: String, source: std::io::Error },
     #[error("config file {path} is not valid: {source}")]
     Parse { path: String, source: toml::de::Error },
-    #[error("{name} must be between {min} and {max} ms")]
-    Range { name: &'static str, min: u64, max: u64 },
+    #[error(transparent)]
+    Range(#[from] service_kit::settings::OutOfRange),
     #[error("claim_lease_ms ({claim}) must be at least session_lease_ms ({session})")]
     ClaimLease { claim: u64, session: u64 },
 }
@@ -109,14 +109,8 @@ impl Config {
             }
             None => FileConfig::default(),
         };
-        let ms = |name: &'static str, value: Option<u64>, default: u64, min: u64, max: u64| {
-            let v = value.unwrap_or(default);
-            if (min..=max).contains(&v) {
-                Ok(Duration::from_millis(v))
-            } else {
-                Err(ConfigError::Range { name, min, max })
-            }
-        };
+        let ms = service_kit::settings::millis;
+
         let session_lease =
             ms("session_lease_ms", cli.session_lease_ms.or(file.session_lease_ms), 60_000, 1000, 86_400_000)?;
         let claim_lease =
@@ -174,7 +168,7 @@ mod tests {
         let c = load(&[]).unwrap();
         assert_eq!(c.session_lease, Duration::from_secs(60));
         assert_eq!(c.listen.port(), 7100);
-        assert!(matches!(load(&["--session-lease-ms", "5"]), Err(ConfigError::Range { .. })));
+        assert!(matches!(load(&["--session-lease-ms", "5"]), Err(ConfigError::Range(_))));
         assert!(matches!(
             load(&["--session-lease-ms", "200000", "--claim-lease-ms", "100000"]),
             Err(ConfigError::ClaimLease { .. })

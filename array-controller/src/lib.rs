@@ -162,8 +162,12 @@ async fn pool_loop(rack: Arc<Rack>) {
     // The first pass, and every pass after a change, retries unmet pools at once.
     let mut changed = true;
     loop {
-        if let Err(err) = rack.reconcile_pools(changed) {
-            tracing::error!(error = %err, "pool reconcile failed");
+        // Packing an unmet demand can take a second of CPU: off the async workers.
+        let pass = Arc::clone(&rack);
+        match tokio::task::spawn_blocking(move || pass.reconcile_pools(changed)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(error = %err, "pool reconcile failed"),
+            Err(err) => tracing::error!(error = %err, "pool reconcile panicked"),
         }
         tokio::select! {
             _ = rack.shutdown.cancelled() => return,

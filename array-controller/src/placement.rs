@@ -78,6 +78,30 @@ pub fn place_all(
         .collect())
 }
 
+/// Whether placements made on an earlier snapshot of the rack still hold on the rack as it is
+/// now: every board they name is still in service, and no board would be over-committed.
+pub fn still_fits(
+    boards: &[BoardRow],
+    instances: &[InstanceRow],
+    placed: &[&Placement],
+    classes: &[ClassRule],
+) -> Result<(), String> {
+    let mut view = rack_view(boards, instances, classes);
+    for p in placed {
+        let Some(board) = view.iter_mut().find(|b| b.id == p.board_id) else {
+            return Err(format!("board {} is gone", p.board_id));
+        };
+        if board.cordoned || !board.schedulable {
+            return Err(format!("board {} left service", p.board_id));
+        }
+        board.placed.push((*p).clone());
+    }
+    for board in view.iter().filter(|b| placed.iter().any(|p| p.board_id == b.id)) {
+        packing::check_board(board).map_err(|err| err.to_string())?;
+    }
+    Ok(())
+}
+
 /// Share of the allocatable resources of schedulable boards that is placed, per resource.
 pub fn utilisation(view: &[BoardState]) -> [(&'static str, f64); 4] {
     let mut capacity = [0f64; 4];

@@ -1,7 +1,8 @@
-//! The pool reconciler: keeps each deployment at its pool size, in one transaction per pass so
-//! the packer's view and the writes agree. Surplus idle instances are terminated, the least
-//! advanced first (claimed ones are never touched); the missing instances of every deployment
-//! are placed together, so the packer can order the whole demand.
+//! The pool reconciler: keeps each deployment at its pool size. Surplus idle instances are
+//! terminated, the least advanced first (claimed ones are never touched); the missing instances
+//! of every deployment are placed together, so the packer can order the whole demand. The
+//! packer runs outside the write lock on a snapshot of the rack, and its plan is checked
+//! against the rack as it is at write time before anything is written.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -11,13 +12,14 @@ use api::rack::{DeploymentSpec, InstanceState, RackEventBody};
 use crate::db::Write;
 use crate::error::RackError;
 use crate::inventory::set_instance;
+use crate::packing::Placement;
 use crate::placement::{self, Outcome};
 use crate::rack::Rack;
 use crate::rows::{self, InstanceRow};
 
 /// How often the timer retries a pool that could not be filled, when nothing changed. Placing
-/// an unmet demand is the packer's expensive case (it tries several orders and repairs), and
-/// it runs under the write lock.
+/// an unmet demand is the packer's expensive case (it tries several orders and a bounded
+/// search, up to a second or two of CPU on a full 60-board rack).
 pub const UNMET_RETRY: Duration = Duration::from_secs(10);
 
 impl Rack {
@@ -25,32 +27,52 @@ impl Rack {
     /// (a board enrolled, an instance went away, a deployment changed): unmet pools are then
     /// retried at once, otherwise only every [`UNMET_RETRY`].
     pub fn reconcile_pools(&self, changed: bool) -> Result<(), RackError> {
-        self.write(|w| {
+        // Under the write lock: surplus instances go, and the packer's inputs are read.
+        let inputs = self.write(|w| {
             let deployments = rows::deployments(&w.tx)?;
-            // The common case, every pool at its size, costs one indexed query.
-            let live: HashMap<String, usize> =
-                w.tx.prepare_cached(
-                    "SELECT deployment_id, count(*) FROM instances
-                     WHERE state NOT IN ('terminating', 'draining') GROUP BY deployment_id",
-                )?
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize)))?
-                .collect::<Result<_, _>>()?;
-            let mut short: Vec<(&str, &DeploymentSpec, usize)> = Vec::new();
-            for (id, spec) in &deployments {
-                let (have, wanted) = (live.get(id).copied().unwrap_or(0), spec.pool_size as usize);
+            let live = live_counts(w)?;
+            let mut short: Vec<(String, DeploymentSpec, usize)> = Vec::new();
+            for (id, spec) in deployments {
+                let (have, wanted) = (live.get(&id).copied().unwrap_or(0), spec.pool_size as usize);
                 if have > wanted {
-                    shrink(w, id, have - wanted)?;
-                } else if have < wanted && (changed || self.retry_due(id)) {
+                    shrink(w, &id, have - wanted)?;
+                } else if have < wanted && (changed || self.retry_due(&id)) {
                     short.push((id, spec, wanted - have));
                 }
             }
             if short.is_empty() {
-                return Ok(());
+                return Ok::<_, RackError>(None);
+            }
+            Ok(Some((short, rows::boards(&w.tx)?, rows::instances_where(&w.tx, "1 = 1", [])?)))
+        })?;
+        // The common case, every pool at its size, ends here.
+        let Some((short, boards, all)) = inputs else { return Ok(()) };
+        // Without the lock: packing an unmet demand is the expensive case (several passes and a
+        // search), and claims must not wait for it.
+        let refs: Vec<(&str, &DeploymentSpec, usize)> = short.iter().map(|(id, s, n)| (id.as_str(), s, *n)).collect();
+        let mut outcomes = placement::place_all(&boards, &all, &refs, &self.config.classes, self.config.policy)?;
+        // Under the lock again: the plan is written only if it still holds on the rack as it is
+        // now. Only this loop places instances, so what can have changed is boards leaving
+        // service and deployments shrinking or going away; the plan is then dropped and made
+        // again on the next pass (the change itself asks for one).
+        self.write(|w| {
+            let deployments: HashMap<String, DeploymentSpec> = rows::deployments(&w.tx)?.into_iter().collect();
+            let live = live_counts(w)?;
+            for ((id, spec, _), outcome) in short.iter().zip(outcomes.iter_mut()) {
+                let wanted = match deployments.get(id) {
+                    Some(now) if now == spec => now.pool_size as usize,
+                    _ => 0,
+                };
+                outcome.placed.truncate(wanted.saturating_sub(live.get(id).copied().unwrap_or(0)));
             }
             let boards = rows::boards(&w.tx)?;
             let all = rows::instances_where(&w.tx, "1 = 1", [])?;
-            let outcomes =
-                placement::place_all(&boards, &all, &short, &self.config.classes, self.config.policy)?;
+            let placed: Vec<&Placement> = outcomes.iter().flat_map(|o| &o.placed).collect();
+            if let Err(why) = placement::still_fits(&boards, &all, &placed, &self.config.classes) {
+                tracing::info!(reason = %why, "the rack changed while packing; placing again on the next pass");
+                self.pools_changed.notify_one();
+                return Ok(());
+            }
             for ((id, _, _), outcome) in short.iter().zip(outcomes) {
                 self.record_placements(w, id, outcome)?;
             }
@@ -113,6 +135,19 @@ impl Rack {
         let failures = self.placement_failures.lock().unwrap_or_else(|p| p.into_inner());
         failures.get(id).is_none_or(|(_, when)| when.elapsed() >= UNMET_RETRY)
     }
+}
+
+/// Instances per deployment that hold (or will hold) resources and count towards its pool.
+fn live_counts(w: &Write<'_>) -> Result<HashMap<String, usize>, RackError> {
+    let counts = w
+        .tx
+        .prepare_cached(
+            "SELECT deployment_id, count(*) FROM instances
+             WHERE state NOT IN ('terminating', 'draining') GROUP BY deployment_id",
+        )?
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize)))?
+        .collect::<Result<_, _>>()?;
+    Ok(counts)
 }
 
 /// Terminates `count` idle instances of a deployment, the least advanced first, so nothing

@@ -31,9 +31,15 @@
 //! of the batch fits nowhere, [`place_all`] moves up to a few instances of the same batch to
 //! other boards to make room for it; and when the whole mix still does not fit, it tries a few
 //! other orders and measures of fit on copies of the boards and keeps the pass that places the
-//! most (the reach-ordered pass on a tie).
+//! most (the reach-ordered pass on a tie). If that still leaves instances out, [`improve`] runs
+//! a bounded ruin-and-recreate search from the best pass: it lifts this batch's instances off a
+//! few boards and places them again with the unplaced ones, keeping what places at least as
+//! many. On the 60-board bench rack this closes most of what the passes leave (one or two
+//! instances in a hundred) at the cost of about a second of CPU per unmet batch, which is why
+//! the pool reconciler packs outside the write lock.
 
 pub mod classes;
+mod improve;
 pub mod invariants;
 pub mod placer;
 pub mod resources;

@@ -174,7 +174,24 @@ pub fn place_many(
 /// least-loaded one included) and the one that places the most instances is kept (the first
 /// pass on a tie). Under [`Policy::Spread`] only the order changes: every pass still picks the
 /// least loaded board. When everything fits, only the first pass runs.
+///
+/// When even the best pass leaves instances unplaced, a bounded ruin-and-recreate search
+/// ([`super::improve`]) starts from it and keeps whatever places more.
 pub fn place_all(
+    boards: &mut [BoardState],
+    demand: &[(PlacementRequest, usize)],
+    policy: Policy,
+) -> Vec<Batch> {
+    let wanted: usize = demand.iter().map(|(_, n)| n).sum();
+    let mut batches = greedy(boards, demand, policy);
+    if batches.iter().map(|b| b.placed.len()).sum::<usize>() < wanted {
+        super::improve::improve(boards, demand, &mut batches, policy);
+    }
+    batches
+}
+
+/// The passes of [`place_all`] without the search: the best of them, applied to `boards`.
+pub(super) fn greedy(
     boards: &mut [BoardState],
     demand: &[(PlacementRequest, usize)],
     policy: Policy,
@@ -196,6 +213,33 @@ pub fn place_all(
     let (_, trial, batches) = best.expect("there is always a pass");
     boards.clone_from_slice(&trial);
     batches
+}
+
+/// The placer's choice of board under a policy, for the search in [`super::improve`].
+pub(super) struct Fitting {
+    scale: Scale,
+    policy: Policy,
+}
+
+impl Fitting {
+    pub(super) fn new(boards: &[BoardState], policy: Policy) -> Fitting {
+        Fitting { scale: scale(boards), policy }
+    }
+
+    /// Whether the board may ever run the request (see [`admits`]).
+    pub(super) fn admits(&self, board: &BoardState, req: &PlacementRequest) -> bool {
+        admits(board, req).is_ok()
+    }
+
+    /// The request's size (see [`dominant`]).
+    pub(super) fn dominant(&self, req: &PlacementRequest) -> f64 {
+        dominant(req, &self.scale)
+    }
+
+    /// The board the policy prefers among those that fit, with the placement.
+    pub(super) fn choose(&self, boards: &[BoardState], req: &PlacementRequest) -> Result<Placement, NoFit> {
+        choose(boards, req, &self.scale, None, |load| load.score(self.policy))
+    }
 }
 
 /// One way of placing a whole demand: the order of the instances and the measure of fit.

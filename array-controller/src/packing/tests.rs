@@ -311,6 +311,8 @@ proptest! {
         }
         for (b, old) in boards.iter().zip(&before) {
             prop_assert!(check_board(b).is_ok(), "{}", check_board(b).unwrap_err());
+            // What ran before the batch never moves.
+            prop_assert_eq!(&b.placed[..old.placed.len()], &old.placed[..]);
             let added = b.placed.len() - old.placed.len();
             prop_assert_eq!(added, batches.iter().flat_map(|x| &x.placed).filter(|p| p.board_id == b.id).count());
         }

@@ -49,8 +49,10 @@ impl Rack {
         let Some((short, boards, all)) = inputs else { return Ok(()) };
         // Without the lock: packing an unmet demand is the expensive case (several passes and a
         // search), and claims must not wait for it.
-        let refs: Vec<(&str, &DeploymentSpec, usize)> = short.iter().map(|(id, s, n)| (id.as_str(), s, *n)).collect();
-        let mut outcomes = placement::place_all(&boards, &all, &refs, &self.config.classes, self.config.policy)?;
+        let refs: Vec<(&str, &DeploymentSpec, usize)> =
+            short.iter().map(|(id, s, n)| (id.as_str(), s, *n)).collect();
+        let mut outcomes =
+            placement::place_all(&boards, &all, &refs, &self.config.classes, self.config.policy)?;
         // Under the lock again: the plan is written only if it still holds on the rack as it is
         // now. Only this loop places instances, so what can have changed is boards leaving
         // service and deployments shrinking or going away; the plan is then dropped and made
@@ -139,9 +141,8 @@ impl Rack {
 
 /// Instances per deployment that hold (or will hold) resources and count towards its pool.
 fn live_counts(w: &Write<'_>) -> Result<HashMap<String, usize>, RackError> {
-    let counts = w
-        .tx
-        .prepare_cached(
+    let counts =
+        w.tx.prepare_cached(
             "SELECT deployment_id, count(*) FROM instances
              WHERE state NOT IN ('terminating', 'draining') GROUP BY deployment_id",
         )?

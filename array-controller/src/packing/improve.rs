@@ -45,8 +45,10 @@ pub fn improve(
     policy: Policy,
 ) {
     let fitting = Fitting::new(boards, policy);
-    let eligible: Vec<Vec<usize>> =
-        demand.iter().map(|(req, _)| (0..boards.len()).filter(|&b| fitting.admits(&boards[b], req)).collect()).collect();
+    let eligible: Vec<Vec<usize>> = demand
+        .iter()
+        .map(|(req, _)| (0..boards.len()).filter(|&b| fitting.admits(&boards[b], req)).collect())
+        .collect();
     // Recreate order: fewest eligible boards first, then biggest first.
     let mut order: Vec<usize> = (0..demand.len()).collect();
     order.sort_by(|&a, &b| {
@@ -55,9 +57,11 @@ pub fn improve(
     });
     let placed = |batches: &[Batch]| batches.iter().map(|b| b.placed.len()).sum::<usize>();
     let short = |batches: &[Batch]| -> Vec<usize> {
-        (0..demand.len()).filter(|&j| batches[j].placed.len() < demand[j].1 && !eligible[j].is_empty()).collect()
+        (0..demand.len())
+            .filter(|&j| batches[j].placed.len() < demand[j].1 && !eligible[j].is_empty())
+            .collect()
     };
-    let mut rng = Rng(0x5eed_0f_7ac4);
+    let mut rng = Rng(0x005e_ed0f_7ac4);
     let mut best = (placed(batches), boards.to_vec(), batches.to_vec());
     for _ in 0..ROUNDS {
         let missing = short(batches);
@@ -82,7 +86,8 @@ pub fn improve(
         let (saved_boards, saved_batches) = (boards.to_vec(), batches.to_vec());
         for &b in &ruined {
             let id = &boards[b].id;
-            let ours: Vec<_> = batches.iter().flat_map(|x| &x.placed).filter(|p| &p.board_id == id).cloned().collect();
+            let ours: Vec<_> =
+                batches.iter().flat_map(|x| &x.placed).filter(|p| &p.board_id == id).cloned().collect();
             boards[b].placed.retain(|p| !ours.contains(p));
             for batch in batches.iter_mut() {
                 batch.placed.retain(|p| &p.board_id != id);

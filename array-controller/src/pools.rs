@@ -56,7 +56,9 @@ impl Rack {
         // Under the lock again: the plan is written only if it still holds on the rack as it is
         // now. Only this loop places instances, so what can have changed is boards leaving
         // service and deployments shrinking or going away; the plan is then dropped and made
-        // again on the next pass (the change itself asks for one).
+        // again on the next pass (the change itself asks for one; failing that, nothing was
+        // recorded as unmet, so the next sweep retries). No wake-up of its own here: a plan
+        // that kept failing would otherwise spin.
         self.write(|w| {
             let deployments: HashMap<String, DeploymentSpec> = rows::deployments(&w.tx)?.into_iter().collect();
             let live = live_counts(w)?;
@@ -72,7 +74,6 @@ impl Rack {
             let placed: Vec<&Placement> = outcomes.iter().flat_map(|o| &o.placed).collect();
             if let Err(why) = placement::still_fits(&boards, &all, &placed, &self.config.classes) {
                 tracing::info!(reason = %why, "the rack changed while packing; placing again on the next pass");
-                self.pools_changed.notify_one();
                 return Ok(());
             }
             for ((id, _, _), outcome) in short.iter().zip(outcomes) {

@@ -6,14 +6,16 @@
 //! search takes a handful of boards that could run an unplaced instance, lifts this batch's
 //! instances off them (instances placed before the batch never move), and places them again
 //! together with every unplaced instance: the most constrained requests first, the biggest
-//! first within them, each on the board the policy prefers. The result is kept when it places
-//! at least as many instances as before (ties keep it too, so the search can walk across equal
-//! packings), else undone. A fixed number of rounds and a fixed seed keep it bounded and
-//! deterministic: the same rack and demand give the same placements.
+//! first within them (or, every other round, in a shuffled order), each on the board the
+//! policy prefers. The result is kept when it places at least as many instances as before
+//! (ties keep it too, so the search can walk across equal packings) and, one round in eight,
+//! when it places one fewer (to leave a dead end); otherwise it is undone. The best state
+//! seen is what the search returns. A fixed number of rounds and a fixed seed keep it bounded
+//! and deterministic: the same rack and demand give the same placements.
 
 use super::BoardState;
-use super::PlacementRequest;
 use super::placer::{Batch, Fitting, Policy};
+use super::{Placement, PlacementRequest};
 
 /// Rounds of ruin and recreate at most.
 pub const ROUNDS: usize = 1000;
@@ -103,10 +105,9 @@ pub fn improve(
             }
         }
         for j in todo {
-            let Ok(p) = fitting.choose(boards, &demand[j].0) else { continue };
-            let to = boards.iter().position(|x| x.id == p.board_id).expect("a board of the rack");
-            boards[to].placed.push(p.clone());
-            batches[j].placed.push(p);
+            if let Ok(p) = fitting.choose(boards, &demand[j].0) {
+                put(boards, &mut batches[j], p);
+            }
         }
         let now = placed(batches);
         if now > best.0 {
@@ -125,11 +126,7 @@ pub fn improve(
         batches[j].failure = None;
         while batches[j].placed.len() < *wanted {
             match fitting.choose(boards, req) {
-                Ok(p) => {
-                    let to = boards.iter().position(|x| x.id == p.board_id).expect("a board of the rack");
-                    boards[to].placed.push(p.clone());
-                    batches[j].placed.push(p);
-                }
+                Ok(p) => put(boards, &mut batches[j], p),
                 Err(no_fit) => {
                     batches[j].failure = Some(no_fit);
                     break;
@@ -137,6 +134,13 @@ pub fn improve(
             }
         }
     }
+}
+
+/// Records a placement on its board and in its request's batch.
+fn put(boards: &mut [BoardState], batch: &mut Batch, p: Placement) {
+    let board = boards.iter_mut().find(|b| b.id == p.board_id).expect("placed on a board of the rack");
+    board.placed.push(p.clone());
+    batch.placed.push(p);
 }
 
 #[cfg(test)]

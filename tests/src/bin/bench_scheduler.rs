@@ -7,7 +7,7 @@
 //!    does). Decisions for varied players (RTT maps from a geography model, random game among
 //!    four with different resource types, random time left so every relaxation level is hit),
 //!    each timed alone, explanation included. Goal: p99 under 1 ms.
-//! 2. **Placement quality** on a synthetic trace (fixed seed): 5 regions with fixed capacities
+//! 2. **Placement quality** on synthetic traces (fixed seeds): 5 regions with fixed capacities
 //!    (fixed warm pools, no cold starts), players at points of a map (clustered around cities
 //!    of different sizes, plus a rural background) whose RTT to a region grows with distance
 //!    (plus jitter), arriving as a Poisson stream and holding sessions for an exponential time.
@@ -28,7 +28,7 @@
 //!    Several traces per offered load (`--traces`, seeds, default 2026,1,7,42,99; `--loads`,
 //!    default 0.6, 0.7, 0.75 of total capacity), then the mean and the worst gap per load: one
 //!    trace is one draw of geography and arrivals, and the gap moves by a few points between
-//!    draws.
+//!    draws. (`--seed` seeds the latency part.)
 //!    Simulated time advances in 100 ms steps, so waits of up to 100 ms are an artefact.
 //!
 //! ```text

@@ -3,7 +3,9 @@
 //! resources as the packer sees them, and posts it to the broker at start and then every
 //! heartbeat period. The registration is the heartbeat: the broker learns the rack's capacity
 //! and that the rack is alive from the same request, and a broker that lost its state gets
-//! everything back with the next beat.
+//! everything back with the next beat. A board that enrols or changes state is sent at once
+//! (at most every [`MIN_PERIOD`]), not at the next beat: until then the broker would not place
+//! on a new board's instances.
 //!
 //! Failures never stop the loop. A refusal (400, 401, 403, 404) is retried after the period;
 //! an unreachable broker (connection refused, timeout, 5xx) with a backoff of 0.5 s, 1 s, 2 s ...
@@ -139,6 +141,13 @@ pub async fn run(rack: Arc<Rack>, link: BrokerLink) {
         tokio::select! {
             _ = rack.shutdown.cancelled() => return,
             _ = tokio::time::sleep_until(wake) => {}
+            // While the broker is unreachable the backoff stands: a change waits for the retry.
+            _ = rack.boards_changed.notified(), if beat.registered => {
+                tokio::select! {
+                    _ = rack.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep_until(wake.min(started + MIN_PERIOD)) => {}
+                }
+            }
         }
     }
 }
@@ -257,7 +266,7 @@ mod tests {
     use std::sync::Mutex;
 
     use api::InstancePorts;
-    use api::rack::InstanceState;
+    use api::rack::{InstanceState, RackEventBody};
     use axum::extract::State;
     use axum::http::HeaderMap;
     use axum::{Json, Router};
@@ -440,11 +449,24 @@ mod tests {
         (StatusCode::OK, Json(serde_json::json!({"rack": "r", "heartbeat_ms": 100})))
     }
 
+    /// Answers 200 with a one-minute period to every registration.
+    async fn fake_register_slow(
+        State(seen): State<Seen>,
+        headers: HeaderMap,
+        Json(body): Json<RackRegistration>,
+    ) -> Json<serde_json::Value> {
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        seen.lock().unwrap().push((auth, body, Instant::now()));
+        Json(serde_json::json!({"rack": "r", "heartbeat_ms": 60_000}))
+    }
+
     async fn fake_broker() -> (String, Seen) {
+        serve_fake(axum::routing::post(fake_register)).await
+    }
+
+    async fn serve_fake(route: axum::routing::MethodRouter<Seen>) -> (String, Seen) {
         let seen: Seen = Arc::default();
-        let app = Router::new()
-            .route("/v1/racks/{rack}/register", axum::routing::post(fake_register))
-            .with_state(seen.clone());
+        let app = Router::new().route("/v1/racks/{rack}/register", route).with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -488,6 +510,47 @@ mod tests {
         assert!(count(&rack, "accepted") >= 4);
         assert_eq!(count(&rack, "refused"), 1);
         assert_eq!(rack.metrics.broker_registered.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_board_change_is_sent_at_once_not_at_the_next_beat() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, seen) = serve_fake(axum::routing::post(fake_register_slow)).await;
+        let rack = Arc::new(rack(&dir, &url, 60_000));
+        let task = tokio::spawn(run(rack.clone(), rack.config.broker.clone().unwrap()));
+        let wait_for = |n: usize| {
+            let seen = seen.clone();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while seen.lock().unwrap().len() < n {
+                    assert!(Instant::now() < deadline, "registration {n} did not arrive");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        wait_for(1).await;
+        assert!(seen.lock().unwrap()[0].1.boards.is_empty());
+
+        // A board enrols: the broker hears of it well before the minute is up.
+        insert_board(&rack, "b1", "aarch64", false);
+        rack.write(|w| {
+            w.emit(RackEventBody::Board {
+                board: "b1".into(),
+                state: api::rack::BoardState::Ready,
+                reachable: true,
+                cordoned: false,
+                reason: None,
+            })
+        })
+        .unwrap();
+        wait_for(2).await;
+        assert_eq!(seen.lock().unwrap()[1].1.boards.len(), 1);
+        // A write without a board event sends nothing.
+        insert_instance(&rack, "i1", InstanceState::Ready, vec![0], 1000, 20_000);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        rack.shutdown.cancel();
+        task.await.unwrap();
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use api::rack::RackEventBody;
 use service_kit::time::now_ms;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,9 @@ pub struct Rack {
     pub shutdown: CancellationToken,
     /// Wakes the pool reconciler (deployment changed, board became usable, instance went away).
     pub pools_changed: Notify,
+    /// Wakes the broker link: a board enrolled or changed state, so the broker's view of the
+    /// rack's boards is stale until the next registration.
+    pub boards_changed: Notify,
     desired: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// Last placement failure per deployment (reasons, when): an unmet pool is reported when
     /// its reasons change, and retried by the timer only every [`crate::pools::UNMET_RETRY`].
@@ -47,6 +51,7 @@ impl Rack {
             broker_token,
             shutdown,
             pools_changed: Notify::new(),
+            boards_changed: Notify::new(),
             desired: Mutex::new(HashMap::new()),
             placement_failures: Mutex::new(HashMap::new()),
         }
@@ -58,6 +63,9 @@ impl Rack {
         let (value, committed) = self.db.write(now_ms(), f)?;
         for (board, generation) in committed.boards {
             self.desired_channel(&board).send_replace(generation);
+        }
+        if committed.events.iter().any(|e| matches!(e.body, RackEventBody::Board { .. })) {
+            self.boards_changed.notify_one();
         }
         self.hub.publish(committed.events);
         Ok(value)

@@ -1,5 +1,6 @@
 //! A temporary directory per test for data directories and process logs. It is deleted when the
 //! test passes and kept (its path printed) when the test fails, so the logs can be read.
+//! `E2E_KEEP=1` keeps it in every case (to read a passing run's or a benchmark's logs).
 
 use std::path::{Path, PathBuf};
 
@@ -33,11 +34,13 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        if std::thread::panicking()
+        let failed = std::thread::panicking();
+        if (failed || std::env::var_os("E2E_KEEP").is_some())
             && let Some(dir) = self.dir.take()
         {
             let kept = dir.keep();
-            eprintln!("test failed: logs and data kept in {}", kept.display());
+            let why = if failed { "test failed" } else { "E2E_KEEP is set" };
+            eprintln!("{why}: logs and data kept in {}", kept.display());
         }
     }
 }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
+use service_kit::checkpoint::Checkpointer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,8 @@ use crate::broker::Broker;
 use crate::config::Config;
 
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+/// How often the WAL is checkpointed, off the write path.
+const CHECKPOINT: Duration = Duration::from_millis(500);
 
 /// Why the broker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -55,10 +58,11 @@ pub async fn run(
 ) -> Result<(), RunError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| RunError::DataDir { path: config.data_dir.display().to_string(), source })?;
-    let db = Arc::new(db::Db::new(service_kit::sqlite::open(
-        &config.data_dir.join("session-broker.db"),
-        db::MIGRATIONS,
-    )?));
+    let db_path = config.data_dir.join("session-broker.db");
+    let conn = service_kit::sqlite::open(&db_path, db::MIGRATIONS)?;
+    // Lives as long as the broker runs.
+    let _checkpointer = Checkpointer::start(&db_path, &conn, CHECKPOINT)?;
+    let db = Arc::new(db::Db::new(conn));
     let token_path = config.data_dir.join("operator-token");
     let operator_token =
         service_kit::files::configured_or_stored_token(config.operator_token.as_deref(), &token_path, "op")

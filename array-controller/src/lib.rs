@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use service_kit::checkpoint::Checkpointer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -44,8 +43,6 @@ const LEASE_SWEEP: Duration = Duration::from_millis(250);
 const SLOW_SWEEP: Duration = Duration::from_secs(1);
 /// How often packing utilisation is recomputed (it reads every instance).
 const UTILISATION: Duration = Duration::from_secs(10);
-/// How often the WAL is checkpointed, off the write path.
-const CHECKPOINT: Duration = Duration::from_millis(500);
 /// How often the event log is compacted.
 const COMPACTION: Duration = Duration::from_secs(60);
 
@@ -72,10 +69,7 @@ pub async fn run(
 ) -> Result<(), ControllerError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| ControllerError::DataDir { path: config.data_dir.display().to_string(), source })?;
-    let db_path = config.data_dir.join("controller.db");
-    let conn = service_kit::sqlite::open(&db_path, db::MIGRATIONS)?;
-    // Lives as long as the controller runs.
-    let _checkpointer = Checkpointer::start(&db_path, &conn, CHECKPOINT)?;
+    let conn = service_kit::sqlite::open(&config.data_dir.join("controller.db"), db::MIGRATIONS)?;
     let operator_token = token(&config.data_dir, "operator-token", config.operator_token.as_deref(), "op")?;
     let broker_token = token(&config.data_dir, "broker-token", config.broker_token.as_deref(), "broker")?;
     let mut registry = Registry::default();

@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use service_kit::checkpoint::Checkpointer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -32,8 +31,6 @@ use crate::broker::Broker;
 use crate::config::Config;
 
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
-/// How often the WAL is checkpointed, off the write path.
-const CHECKPOINT: Duration = Duration::from_millis(500);
 
 /// Why the broker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -58,11 +55,10 @@ pub async fn run(
 ) -> Result<(), RunError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| RunError::DataDir { path: config.data_dir.display().to_string(), source })?;
-    let db_path = config.data_dir.join("session-broker.db");
-    let conn = service_kit::sqlite::open(&db_path, db::MIGRATIONS)?;
-    // Lives as long as the broker runs.
-    let _checkpointer = Checkpointer::start(&db_path, &conn, CHECKPOINT)?;
-    let db = Arc::new(db::Db::new(conn));
+    let db = Arc::new(db::Db::new(service_kit::sqlite::open(
+        &config.data_dir.join("session-broker.db"),
+        db::MIGRATIONS,
+    )?));
     let token_path = config.data_dir.join("operator-token");
     let operator_token =
         service_kit::files::configured_or_stored_token(config.operator_token.as_deref(), &token_path, "op")

@@ -17,6 +17,7 @@
 //! - [`scratch`]: a temporary directory per test, kept when the test fails.
 //! - [`stream`]: a player on an instance's stream port (handshake, frames, being cut off).
 //! - [`simboards`]: SIMULATED boards for the benchmarks (enrol, report every instance ready).
+//! - [`pace`]: open-loop pacing for the benchmarks (request i due at i / rate).
 
 pub mod adb;
 pub mod board;
@@ -24,6 +25,7 @@ pub mod broker;
 pub mod controller;
 pub mod docker;
 pub mod metrics;
+pub mod pace;
 pub mod ports;
 pub mod process;
 pub mod scratch;

@@ -674,13 +674,12 @@ impl Bench {
     ) -> (Vec<Result<Placed, String>>, Duration) {
         let begin = Instant::now();
         let mut tasks = Vec::with_capacity(count);
-        for i in 0..count {
-            let scheduled = begin + Duration::from_secs_f64(i as f64 / f64::from(rate));
+        let mut ticks = e2e::pace::ticks(f64::from(rate), count);
+        while let Some((i, scheduled)) = ticks.recv().await {
             let tag = tag.to_string();
             let (client, broker, key, controllers) =
                 (self.client.clone(), self.broker.clone(), self.tenant_key.clone(), self.controllers.clone());
             tasks.push(tokio::spawn(async move {
-                tokio::time::sleep_until(scheduled.into()).await;
                 let n = first + i;
                 let outcome = match target {
                     Target::Session => place_session(&client, &broker, &key, &tag, n).await,

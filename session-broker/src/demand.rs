@@ -4,9 +4,16 @@
 //!
 //! Both are exponentially weighted, so a burst raises the target at once and a quiet hour lets
 //! it fall back to the floor without a timer.
+//!
+//! It also keeps, per game, the RTT maps of the latest [`prices::WINDOW`] arrivals: the sample
+//! from which the scheduler's region prices are learned ([`crate::scheduler::prices`]). A
+//! bounded window, so it costs at most a few hundred small maps per game and follows the
+//! demand as it moves.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
+
+use crate::scheduler::prices;
 
 /// Time constant of the arrival rate: a request counts `1/TAU` per second, fading with `e^(-t/TAU)`.
 pub const RATE_TAU_S: f64 = 60.0;
@@ -32,6 +39,7 @@ impl Rate {
 pub struct Demand {
     arrivals: Mutex<HashMap<(String, String), Rate>>,
     boot_ms: Mutex<HashMap<String, f64>>,
+    players: Mutex<HashMap<String, VecDeque<BTreeMap<String, f64>>>>,
 }
 
 impl Demand {
@@ -47,6 +55,35 @@ impl Demand {
     pub fn rate(&self, game: &str, region: &str, now_ms: u64) -> f64 {
         let map = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&(game.to_string(), region.to_string())).map_or(0.0, |r| r.at(now_ms))
+    }
+
+    /// A new session of `game` by a player who measured `rtt_ms` to the regions (counted once
+    /// per session, on arrival). A player without measurements is not kept: it says nothing of
+    /// which regions are wanted.
+    pub fn player(&self, game: &str, rtt_ms: &BTreeMap<String, f64>) {
+        if rtt_ms.is_empty() {
+            return;
+        }
+        let mut map = self.players.lock().unwrap_or_else(|p| p.into_inner());
+        let window = map.entry(game.to_string()).or_default();
+        if window.len() >= prices::WINDOW {
+            window.pop_front();
+        }
+        window.push_back(rtt_ms.clone());
+    }
+
+    /// The RTT maps of `game`'s latest arrivals, oldest first (at most [`prices::WINDOW`]).
+    pub fn recent_players(&self, game: &str) -> Vec<BTreeMap<String, f64>> {
+        let map = self.players.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(game).map(|w| w.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Games with recent arrivals in the window.
+    pub fn games_with_players(&self) -> Vec<String> {
+        let map = self.players.lock().unwrap_or_else(|p| p.into_inner());
+        let mut games: Vec<String> = map.keys().cloned().collect();
+        games.sort();
+        games
     }
 
     /// An instance of `game` went from created to ready in `ms`.
@@ -85,6 +122,24 @@ mod tests {
         assert!((r - 5.0).abs() < 0.1, "rate {r}");
         assert!(d.rate("g", "east", 600_000 + 300_000) < 0.05);
         assert_eq!(d.rate("g", "west", 600_000), 0.0);
+    }
+
+    #[test]
+    fn the_player_window_keeps_the_latest_arrivals_per_game() {
+        let d = Demand::default();
+        let rtts = |v: f64| BTreeMap::from([("east".to_string(), v)]);
+        for i in 0..prices::WINDOW + 10 {
+            d.player("g", &rtts(i as f64));
+        }
+        d.player("h", &rtts(1.0));
+        d.player("h", &BTreeMap::new());
+        let g = d.recent_players("g");
+        assert_eq!(g.len(), prices::WINDOW);
+        assert_eq!(g[0]["east"], 10.0, "the oldest arrivals leave first");
+        assert_eq!(g[g.len() - 1]["east"], (prices::WINDOW + 9) as f64);
+        assert_eq!(d.recent_players("h").len(), 1, "a player without measurements is not kept");
+        assert!(d.recent_players("nobody").is_empty());
+        assert_eq!(d.games_with_players(), vec!["g".to_string(), "h".to_string()]);
     }
 
     #[test]

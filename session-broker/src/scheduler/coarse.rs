@@ -11,13 +11,24 @@
 //!
 //! `1.0 if in the first tier + 0.55 x rtt + 0.15 x loss + 0.15 x warm + 0.15 x (1 - pressure)`
 //!
-//! - first tier: at `strict`, a measured RTT at or below the game's preferred RTT; with only a
-//!   hint (no RTTs), the hinted region, at every level;
-//! - rtt: `max_rtt / (max_rtt + rtt)` when measured (1 at 0 ms, 0.5 at the cap); with only a hint,
-//!   1 for the hinted region and 0.5 for others; 0.5 with neither; 0.25 when unmeasured;
+//! - first tier: at `strict`, an effective RTT (`rtt + price`) at or below the game's preferred
+//!   RTT; with only a hint (no RTTs), the hinted region, at every level;
+//! - rtt: `max_rtt / (max_rtt + rtt + price)` when measured (1 at 0 ms, 0.5 at the cap with no
+//!   price); with only a hint, 1 for the hinted region and 0.5 for others; 0.5 with neither;
+//!   0.25 when unmeasured;
 //! - loss: `1 - loss / 0.05` clamped to 0..1 (0.8 when unknown);
 //! - warm: `warm / (warm + 4)` over the region's usable racks (saturating);
 //! - pressure: mean load pressure of the region's usable racks.
+//!
+//! `price` is the region's demand-learned price for the game ([`super::prices`]): 0 unless its
+//! capacity is scarce for its recent demand, so with ample capacity the ranking is by RTT. It
+//! applies only to a measured RTT. Regions are thus ranked by effective RTT, tier included:
+//! a scarce region can drop out of the first tier for a player who has a good region that is
+//! not scarce, which is how it is kept for the players who have none (with the tier on the
+//! measured RTT alone, a player at 38 ms from a scarce region and 42 ms from a free one could
+//! never be moved: in a one-off experiment on `bench_scheduler`'s worst trace, deciding with the
+//! offline bound's own prices, that alone cost 1.8 points of the gap). The RTT cap uses the
+//! measured RTT alone: a price never makes a region pass a cap it fails, nor fail one it passes.
 //!
 //! Whether a region has capacity (warm, or room on the cold path) is decided by the caller
 //! from [`RegionFacts`].
@@ -63,16 +74,20 @@ pub struct RegionEval {
     pub loss: Option<f64>,
     /// In the first tier.
     pub preferred: bool,
+    /// The price (ms) added to the measured RTT in the score (0 when none applied).
+    pub price_ms: f64,
     /// Filter verdict (RTT, pin).
     pub verdict: Result<(), Rejection>,
     /// Score (meaningful when the verdict is `Ok`).
     pub score: f64,
 }
 
-/// Judges one region for `request` under `limits`. `pin_lifted` is true when the caller lifted
-/// the request's pin (see the module docs).
+/// Judges one region for `request` under `limits`, with the region's price for the game
+/// `price_ms`. `pin_lifted` is true when the caller lifted the request's pin (see the module
+/// docs).
 pub fn evaluate(
     region: &str,
+    price_ms: f64,
     facts: &RegionFacts,
     game: &Game,
     request: &Request,
@@ -85,10 +100,11 @@ pub fn evaluate(
     let measured = !player.rtt_ms.is_empty();
     let pinned_here = request.pinned_region.as_deref() == Some(region) && !pin_lifted;
 
+    let price_ms = if measured && rtt_ms.is_some() { price_ms } else { 0.0 };
     let (rtt_term, preferred) = match (measured, rtt_ms, player.region.as_deref()) {
         (true, Some(rtt), _) => (
-            game.max_rtt_ms / (game.max_rtt_ms + rtt.max(0.0)),
-            limits.preferred_rtt_ms.is_some_and(|p| rtt <= p),
+            game.max_rtt_ms / (game.max_rtt_ms + rtt.max(0.0) + price_ms),
+            limits.preferred_rtt_ms.is_some_and(|p| rtt + price_ms <= p),
         ),
         (true, None, _) => (0.25, false),
         (false, _, Some(hint)) => (if hint == region { 1.0 } else { 0.5 }, hint == region),
@@ -117,5 +133,5 @@ pub fn evaluate(
             _ => Ok(()),
         },
     };
-    RegionEval { rtt_ms, loss, preferred, verdict, score }
+    RegionEval { rtt_ms, loss, preferred, price_ms, verdict, score }
 }

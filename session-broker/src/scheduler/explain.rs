@@ -1,6 +1,6 @@
 //! The explanation a decision records: every region and rack considered, its score, and why
-//! each rejected one was rejected (a stable code plus a sentence). Shown by
-//! `GET /v1/sessions/{id}/explain` and the console.
+//! each rejected one was rejected (a stable code plus a sentence), and the demand-learned price
+//! applied to each region. Shown by `GET /v1/sessions/{id}/explain` and the console.
 
 use serde::{Deserialize, Serialize};
 
@@ -70,8 +70,13 @@ pub struct RegionCandidate {
     pub loss: Option<f64>,
     /// Warm instances of the game on usable racks.
     pub warm: u32,
-    /// True when within the preferred RTT (ranks first at `strict`).
+    /// True when its effective RTT (RTT + price) is within the preferred RTT (ranks first at
+    /// `strict`).
     pub preferred: bool,
+    /// The region's demand-learned price for the game (ms), added to the measured RTT when
+    /// ranking ([`super::prices`]); 0 when none applied (ample capacity, or no measured RTT).
+    #[serde(default)]
+    pub price_ms: f64,
     /// Score (higher is better); `None` when rejected before scoring.
     pub score: Option<f64>,
     /// Why it was not chosen (`None` for the chosen region).
@@ -182,10 +187,15 @@ pub(crate) fn build(x: Inputs<'_>) -> Explanation {
                 ))
             }
         } else {
+            let priced = if eval.price_ms > 0.0 {
+                format!(" (with a price of {:.1} ms for its scarce capacity)", eval.price_ms)
+            } else {
+                String::new()
+            };
             Some(Rejection::new(
                 ReasonCode::RegionNotChosen,
                 format!(
-                    "scored {:.3}, below the chosen region's {:.3}",
+                    "scored {:.3}{priced}, below the chosen region's {:.3}",
                     eval.score,
                     chosen_score.unwrap_or(f64::NAN)
                 ),
@@ -197,6 +207,7 @@ pub(crate) fn build(x: Inputs<'_>) -> Explanation {
             loss: eval.loss,
             warm: f.warm,
             preferred: eval.preferred,
+            price_ms: eval.price_ms,
             score: eval.verdict.is_ok().then_some(eval.score),
             rejected,
         });

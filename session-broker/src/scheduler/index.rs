@@ -190,6 +190,10 @@ pub struct Region {
 pub struct CapacityIndex {
     /// Regions, sorted by id.
     pub regions: Vec<Region>,
+    /// Demand-learned price (ms) of each region per game: game id, then region id
+    /// ([`super::prices`]). Absent: 0, as with ample capacity.
+    #[serde(default)]
+    pub prices_ms: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 impl CapacityIndex {
@@ -199,7 +203,14 @@ impl CapacityIndex {
         for r in &mut regions {
             r.racks.sort_by(|a, b| a.id.cmp(&b.id));
         }
-        CapacityIndex { regions }
+        CapacityIndex { regions, prices_ms: BTreeMap::new() }
+    }
+
+    /// The price (ms) of `region` for `game`: 0 when none is set, or when it is negative or
+    /// not finite.
+    pub fn price_ms(&self, game: &str, region: &str) -> f64 {
+        let p = self.prices_ms.get(game).and_then(|g| g.get(region)).copied().unwrap_or(0.0);
+        if p.is_finite() { p.max(0.0) } else { 0.0 }
     }
 
     /// The region with this id.

@@ -7,8 +7,9 @@
 //!    [`Limits`] (preferred-RTT tier, RTT cap, uplink limits, unmeasured regions, pin).
 //! 2. **Racks** ([`fine::evaluate`]): every rack's hard filters (state, resource type, uplink to
 //!    the player's region), once; their aggregates per region feed the coarse stage.
-//! 3. **Coarse** ([`coarse`]): regions filtered by pin and RTT cap, scored by tier, RTT, loss,
-//!    warm capacity and load. The best accepted region with a warm instance wins.
+//! 3. **Coarse** ([`coarse`]): regions filtered by pin and RTT cap, scored by tier, effective
+//!    RTT (the measured RTT plus the region's demand-learned price for the game, [`prices`]),
+//!    loss, warm capacity and load. The best accepted region with a warm instance wins.
 //! 4. **Fine** ([`fine::rank`]): that region's racks with a warm instance, best first: the
 //!    service claims from the first and falls back to the next on conflict.
 //! 5. **Cold path**: with no acceptable warm instance, the best accepted region that can start
@@ -18,16 +19,25 @@
 //! 6. [`Outcome::NoCapacity`] only when the deadline has passed or no rack anywhere (whatever
 //!    its state) could serve the game in time.
 //!
-//! Every decision carries an [`Explanation`]. A decision reads only per-rack aggregates: it is
-//! O(racks).
+//! Every decision carries an [`Explanation`]. A decision reads only per-rack aggregates and the
+//! prices in the index: it is O(racks).
+//!
+//! **Prices** ([`prices`]) are computed apart from decisions, by a pure function of the game's
+//! recent arrivals (their RTT maps) and each region's instances: the least prices that clear
+//! the fluid assignment of that sample to the regions' capacities. The broker recomputes them
+//! in the background at most every second and puts them in the [`CapacityIndex`]; with ample
+//! capacity they are all 0 and regions rank by RTT.
 
 pub mod coarse;
 pub mod explain;
 pub mod fine;
 pub mod index;
+pub mod prices;
 pub mod relax;
 pub mod request;
 
+#[cfg(test)]
+mod price_tests;
 #[cfg(test)]
 mod props;
 #[cfg(test)]
@@ -126,7 +136,9 @@ pub fn decide(index: &CapacityIndex, game: &Game, request: &Request, now_remaini
         .regions
         .iter()
         .zip(&facts)
-        .map(|(r, f)| coarse::evaluate(&r.id, f, game, request, &limits, pin_lifted))
+        .map(|(r, f)| {
+            coarse::evaluate(&r.id, index.price_ms(&game.id, &r.id), f, game, request, &limits, pin_lifted)
+        })
         .collect();
 
     let best = |ok: &dyn Fn(&RegionFacts) -> bool| -> Option<usize> {

@@ -1,5 +1,5 @@
-//! Property tests of the whole decision: hard constraints of the level in force, candidates
-//! sorted by score, determinism, and no early refusal.
+//! Property tests of the whole decision: hard constraints of the level in force (whatever the
+//! region prices), candidates sorted by score, determinism, and no early refusal.
 
 use proptest::prelude::*;
 
@@ -36,11 +36,15 @@ fn arb_rack(i: usize) -> impl Strategy<Value = Rack> {
 fn arb_case() -> impl Strategy<Value = (CapacityIndex, Request, u64)> {
     let racks = (1..12usize).prop_flat_map(|n| (0..n).map(arb_rack).collect::<Vec<_>>());
     let rtts = proptest::collection::btree_map(prop_oneof!["a", "b", "c"], 1.0..200.0f64, 0..3);
-    (racks, rtts, proptest::option::of(prop_oneof!["a", "b"]), 0..=30_000u64).prop_map(
-        |(racks, rtts, pin, left)| {
+    // Region prices for the game, as the broker learns them (any, including none).
+    let prices = proptest::collection::btree_map(prop_oneof!["a", "b", "c"], 0.0..100.0f64, 0..3);
+    (racks, rtts, proptest::option::of(prop_oneof!["a", "b"]), 0..=30_000u64, prices).prop_map(
+        |(racks, rtts, pin, left, prices)| {
             let mut r = req(Player { id: "p".into(), rtt_ms: rtts, ..Player::default() });
             r.pinned_region = pin;
-            (index(racks), r, left)
+            let mut idx = index(racks);
+            idx.prices_ms.insert(G.into(), prices);
+            (idx, r, left)
         },
     )
 }

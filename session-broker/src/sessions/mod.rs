@@ -135,6 +135,8 @@ pub async fn create(
     }
     let mut w = waiting(&row, ExplainRecord::default());
     let outcome = placer::attempt(broker, &mut w).await;
+    // The sample the region prices are learned from: every new session's measured RTTs.
+    broker.demand.player(&w.game, &w.request.player.rtt_ms);
     // Demand is counted where the scheduler sends a request (else the player's home region).
     if let Some(region) = w.region.clone().or_else(|| w.request.player.home_region().map(str::to_string)) {
         broker.demand.arrival(&w.game, &region, now);

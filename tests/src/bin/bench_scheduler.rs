@@ -6,14 +6,21 @@
 //!    slots (48,000 instances) with `Rack::from_boards` (aggregated once, as the broker's index
 //!    does). Decisions for varied players (RTT maps from a geography model, random game among
 //!    four with different resource types, random time left so every relaxation level is hit),
-//!    each timed alone, explanation included. Goal: p99 under 1 ms.
+//!    each timed alone, explanation included, on an index that carries region prices (learned
+//!    once per game from a window of arrivals, as the broker's background job does: that job's
+//!    time is printed too). Goal: p99 under 1 ms.
 //! 2. **Placement quality** on synthetic traces (fixed seeds): 5 regions with fixed capacities
 //!    (fixed warm pools, no cold starts), players at points of a map (clustered around cities
 //!    of different sizes, plus a rural background) whose RTT to a region grows with distance
 //!    (plus jitter), arriving as a Poisson stream and holding sessions for an exponential time.
 //!    The trace is replayed in simulated time (100 ms steps) three ways in the same run:
 //!    - **fusion**: `decide` on the live index, claiming from the first rack it lists; queued
-//!      players are decided again at every step (so relaxation applies as their time runs out);
+//!      players are decided again at every step (so relaxation applies as their time runs out).
+//!      Its region prices are learned as the broker learns them
+//!      (`session_broker::scheduler::prices`): from the replay's own past arrivals (the latest
+//!      `prices::WINDOW`, never the future) and the index's instances, recomputed at most every
+//!      `prices::PERIOD_MS` of simulated time, the decision that finds them stale being decided
+//!      with the old ones (the broker recomputes in the background);
 //!    - **region-blind baseline**: round-robin over regions with a free instance (FIFO wait
 //!      when all are full);
 //!    - **greedy nearest free** (for reference): the lowest-RTT region with a free instance;
@@ -23,7 +30,9 @@
 //!      assignment of the same trace can have a lower mean RTT, so "within X% of the bound"
 //!      implies "within X% of the optimum". It is only meaningful when serving everyone on
 //!      arrival is possible at all (peak concurrency <= total capacity); the bench checks and
-//!      says so. Also printed: every player at its nearest region, capacity ignored.
+//!      says so. It knows the whole trace, each player's hold time included, which no online
+//!      scheduler does (ARCHITECTURE.md, region prices, says how much of the gap that is).
+//!      Also printed: every player at its nearest region, capacity ignored.
 //!
 //!    Several traces per offered load (`--traces`, seeds, default 2026,1,7,42,99; `--loads`,
 //!    default 0.6, 0.7, 0.75 of total capacity), then the mean and the worst gap per load: one
@@ -43,7 +52,7 @@ use std::time::Instant;
 use serde_json::json;
 use session_broker::scheduler::{
     BoardSnapshot, CapacityIndex, Game, GameStock, Load, Outcome, Packing, Player, Rack, RackState, Region,
-    Request, Uplink, decide,
+    Request, Uplink, decide, prices,
 };
 
 /// SplitMix64: small, seeded, good enough for a synthetic trace.
@@ -191,8 +200,19 @@ fn latency(seed: u64, decisions: usize) -> serde_json::Value {
     let mut rng = Rng(seed);
     let games = games();
     let t = Instant::now();
-    let (index, instances) = big_index(&mut rng, &games);
+    let (mut index, instances) = big_index(&mut rng, &games);
     let build_ms = t.elapsed().as_secs_f64() * 1e3;
+    // The broker's background job: each game's prices from a full window of recent arrivals.
+    let windows: Vec<Vec<BTreeMap<String, f64>>> = games
+        .iter()
+        .map(|_| (0..prices::WINDOW).map(|i| draw_player(&mut rng, i).rtt_ms).collect())
+        .collect();
+    let t = Instant::now();
+    for (game, recent) in games.iter().zip(&windows) {
+        let p = prices::compute(game, &prices::supply(&index, game), recent);
+        index.prices_ms.insert(game.id.clone(), p);
+    }
+    let prices_ms = t.elapsed().as_secs_f64() * 1e3;
     let requests: Vec<(usize, Request, u64)> = (0..4096)
         .map(|i| {
             let g = rng.below(games.len());
@@ -222,6 +242,12 @@ fn latency(seed: u64, decisions: usize) -> serde_json::Value {
         REGIONS.len()
     );
     println!(
+        "   region prices of the {} games from windows of {} arrivals (the broker's background job, at most every {} ms): {prices_ms:.2} ms",
+        games.len(),
+        prices::WINDOW,
+        prices::PERIOD_MS
+    );
+    println!(
         "   {decisions} decisions: p50 {p50:.1} us, p99 {p99:.1} us, p99.9 {p999:.1} us, max {max:.1} us, mean {mean:.1} us ({:.0}% placed warm); goal p99 < 1000 us: {}",
         placed as f64 * 100.0 / decisions as f64,
         if p99 < 1000.0 { "met" } else { "NOT met" }
@@ -229,7 +255,7 @@ fn latency(seed: u64, decisions: usize) -> serde_json::Value {
     json!({
         "simulated": "in memory, no network or database: 100 racks built from 60 boards x 8 instance slots each",
         "regions": REGIONS.len(), "racks": 100, "boards_per_rack": 60, "instances": instances,
-        "index_build_ms": build_ms, "decisions": decisions, "placed_share": placed as f64 / decisions as f64,
+        "index_build_ms": build_ms, "prices_ms": prices_ms, "decisions": decisions, "placed_share": placed as f64 / decisions as f64,
         "p50_us": p50, "p99_us": p99, "p999_us": p999, "max_us": max, "mean_us": mean,
         "goal_p99_us": 1000.0, "goal_met": p99 < 1000.0,
     })
@@ -282,16 +308,29 @@ fn quality_index() -> CapacityIndex {
     CapacityIndex::new(regions)
 }
 
+/// One decision of a replay.
+struct Step<'a> {
+    player: &'a Player,
+    /// Simulated time (ms).
+    now_ms: u64,
+    /// Time left before the player's deadline (ms).
+    left_ms: u64,
+    /// The player's first decision (its arrival).
+    first: bool,
+}
+
 /// Replays the trace. `choose` returns the rack to claim from (region, rack index) or `None`
-/// to keep waiting (decided again at the next step, until the deadline).
+/// to keep waiting (decided again at the next step, until the deadline); it may set the
+/// index's prices.
 fn replay(
     trace: &[Arrival],
-    mut choose: impl FnMut(&CapacityIndex, &Player, u64) -> Option<(usize, usize)>,
+    mut choose: impl FnMut(&mut CapacityIndex, Step<'_>) -> Option<(usize, usize)>,
 ) -> Outcomes {
     let mut index = quality_index();
     let mut out = Outcomes { rtts: Vec::new(), waits_ms: Vec::new(), failed: 0, decisions: 0 };
     let mut waiting: VecDeque<usize> = VecDeque::new();
     let mut ends: Vec<(u64, usize, usize)> = Vec::new();
+    let mut decided = vec![false; trace.len()];
     let mut next = 0;
     let mut now = 0;
     while next < trace.len() || !waiting.is_empty() {
@@ -317,7 +356,9 @@ fn replay(
                 continue;
             }
             out.decisions += 1;
-            match choose(&index, &a.player, DEADLINE_MS - waited) {
+            let first = !std::mem::replace(&mut decided[i], true);
+            let step = Step { player: &a.player, now_ms: now, left_ms: DEADLINE_MS - waited, first };
+            match choose(&mut index, step) {
                 Some((r, k)) => {
                     let s = index.regions[r].racks[k].games.get_mut("racer").unwrap();
                     s.warm -= 1;
@@ -374,10 +415,30 @@ fn quality(seed: u64, players: usize, load: f64) -> serde_json::Value {
     let game = Game { archs: ["aarch64".to_string()].into(), ..Game::new("racer") };
 
     let t = Instant::now();
-    let fusion = replay(&trace, |index, player, left| {
-        let mut r = Request::new("racer", "tenant", player.clone());
+    // Prices as the broker computes them: from the game's past arrivals only (a window of the
+    // latest, the player being decided not among them) and the index's instances, at most every
+    // period of simulated time. The broker's decision that finds them stale starts the
+    // recomputation in the background and is itself decided with the old ones: so here.
+    let mut recent: VecDeque<BTreeMap<String, f64>> = VecDeque::with_capacity(prices::WINDOW + 1);
+    let mut priced_at: Option<u64> = None;
+    let fusion = replay(&trace, |index, step| {
+        let fresh = priced_at.is_none_or(|at| step.now_ms >= at + prices::PERIOD_MS).then(|| {
+            priced_at = Some(step.now_ms);
+            prices::compute(&game, &prices::supply(index, &game), &recent)
+        });
+        let mut r = Request::new("racer", "tenant", step.player.clone());
         r.deadline_ms = DEADLINE_MS;
-        match decide(index, &game, &r, left).outcome {
+        let outcome = decide(index, &game, &r, step.left_ms).outcome;
+        if let Some(p) = fresh {
+            index.prices_ms.insert(game.id.clone(), p);
+        }
+        if step.first {
+            recent.push_back(step.player.rtt_ms.clone());
+            if recent.len() > prices::WINDOW {
+                recent.pop_front();
+            }
+        }
+        match outcome {
             Outcome::Place { region, racks } => {
                 let ri = index.regions.iter().position(|x| x.id == region).unwrap();
                 let k = index.regions[ri].racks.iter().position(|x| x.id == racks[0]).unwrap();
@@ -388,7 +449,7 @@ fn quality(seed: u64, players: usize, load: f64) -> serde_json::Value {
     });
     let fusion_s = t.elapsed().as_secs_f64();
     let mut rr = 0usize;
-    let blind = replay(&trace, |index, _, _| {
+    let blind = replay(&trace, |index, _| {
         for step in 0..index.regions.len() {
             let ri = (rr + step) % index.regions.len();
             if let Some(k) = index.regions[ri].racks.iter().position(|x| x.warm("racer") > 0) {
@@ -398,10 +459,10 @@ fn quality(seed: u64, players: usize, load: f64) -> serde_json::Value {
         }
         None
     });
-    let greedy = replay(&trace, |index, player, _| {
+    let greedy = replay(&trace, |index, step| {
         let mut best: Option<(f64, usize, usize)> = None;
         for (ri, region) in index.regions.iter().enumerate() {
-            let rtt = player.rtt_ms[&region.id];
+            let rtt = step.player.rtt_ms[&region.id];
             if let Some(k) = region.racks.iter().position(|x| x.warm("racer") > 0)
                 && rtt <= game.max_rtt_ms
                 && best.is_none_or(|b| rtt < b.0)

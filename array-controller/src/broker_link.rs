@@ -433,16 +433,21 @@ mod tests {
     /// What the fake broker saw: (authorization header, body, when).
     type Seen = Arc<Mutex<Vec<(String, RackRegistration, Instant)>>>;
 
+    /// Records a registration; returns how many have arrived.
+    fn record(seen: &Seen, headers: &HeaderMap, body: RackRegistration) -> usize {
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let mut seen = seen.lock().unwrap();
+        seen.push((auth, body, Instant::now()));
+        seen.len()
+    }
+
     /// Answers 401 to the second registration and 200 with a 100 ms period to every other.
     async fn fake_register(
         State(seen): State<Seen>,
         headers: HeaderMap,
         Json(body): Json<RackRegistration>,
     ) -> (StatusCode, Json<serde_json::Value>) {
-        let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        let mut seen = seen.lock().unwrap();
-        seen.push((auth, body, Instant::now()));
-        if seen.len() == 2 {
+        if record(&seen, &headers, body) == 2 {
             let body = serde_json::json!({"code": "unauthorized", "message": "bad credential"});
             return (StatusCode::UNAUTHORIZED, Json(body));
         }
@@ -455,8 +460,7 @@ mod tests {
         headers: HeaderMap,
         Json(body): Json<RackRegistration>,
     ) -> Json<serde_json::Value> {
-        let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        seen.lock().unwrap().push((auth, body, Instant::now()));
+        record(&seen, &headers, body);
         Json(serde_json::json!({"rack": "r", "heartbeat_ms": 60_000}))
     }
 

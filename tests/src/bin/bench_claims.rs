@@ -186,9 +186,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = begin.elapsed();
     latencies.sort();
-    let pct = |p: f64| {
-        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1000.0
-    };
+    let pct = |p: f64| percentile_ms(&latencies, p);
     let rate = latencies.len() as f64 / elapsed.as_secs_f64();
     let (p50, p99, max) = (pct(0.50), pct(0.99), pct(1.0));
     let load = match offered {
@@ -252,10 +250,7 @@ async fn wait_healthy(client: &reqwest::Client, url: &str) -> anyhow::Result<()>
 /// `count` single-row insert transactions offered at `rate` per second on the same disk with
 /// the same pragmas, each timed from its due time: (p50, p99, max) in ms.
 fn raw_sqlite_paced(path: &std::path::Path, rate: f64, count: usize) -> anyhow::Result<(f64, f64, f64)> {
-    let conn = rusqlite::Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)", [])?;
+    let raw = RawTable::create(path)?;
     let start = Instant::now();
     let mut latencies = Vec::with_capacity(count);
     for n in 0..count {
@@ -263,31 +258,47 @@ fn raw_sqlite_paced(path: &std::path::Path, rate: f64, count: usize) -> anyhow::
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        conn.execute("BEGIN IMMEDIATE", [])?;
-        conn.execute("INSERT INTO t (k, v) VALUES (?1, ?2)", rusqlite::params![format!("k{n}"), n as i64])?;
-        conn.execute("COMMIT", [])?;
+        raw.commit_one(n)?;
         latencies.push(due.elapsed());
     }
     latencies.sort();
-    let pct = |p: f64| {
-        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e3
-    };
-    Ok((pct(0.5), pct(0.99), pct(1.0)))
+    Ok((percentile_ms(&latencies, 0.5), percentile_ms(&latencies, 0.99), percentile_ms(&latencies, 1.0)))
 }
 
 /// Single-row insert transactions for two seconds on the same disk, same pragmas.
 fn raw_sqlite_commits_per_second(path: &std::path::Path) -> anyhow::Result<f64> {
-    let conn = rusqlite::Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)", [])?;
+    let raw = RawTable::create(path)?;
     let start = Instant::now();
-    let mut n = 0u64;
+    let mut n = 0;
     while start.elapsed() < Duration::from_secs(2) {
-        conn.execute("BEGIN IMMEDIATE", [])?;
-        conn.execute("INSERT INTO t (k, v) VALUES (?1, ?2)", rusqlite::params![format!("k{n}"), n as i64])?;
-        conn.execute("COMMIT", [])?;
+        raw.commit_one(n)?;
         n += 1;
     }
     Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The baseline's table: a fresh database with the services' pragmas (WAL, synchronous=NORMAL).
+struct RawTable(rusqlite::Connection);
+
+impl RawTable {
+    fn create(path: &std::path::Path) -> anyhow::Result<RawTable> {
+        let conn = rusqlite::Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER)", [])?;
+        Ok(RawTable(conn))
+    }
+
+    /// One transaction inserting row `n`.
+    fn commit_one(&self, n: usize) -> rusqlite::Result<()> {
+        self.0.execute("BEGIN IMMEDIATE", [])?;
+        self.0
+            .execute("INSERT INTO t (k, v) VALUES (?1, ?2)", rusqlite::params![format!("k{n}"), n as i64])?;
+        self.0.execute("COMMIT", []).map(drop)
+    }
+}
+
+/// Percentile `p` (0..=1) of sorted latencies, in ms.
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)].as_secs_f64() * 1e3
 }

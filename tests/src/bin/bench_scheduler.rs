@@ -50,6 +50,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use serde_json::json;
+use session_broker::demand::Demand;
 use session_broker::scheduler::{
     BoardSnapshot, CapacityIndex, Game, GameStock, Load, Outcome, Packing, Player, Rack, RackState, Region,
     Request, Uplink, decide, prices,
@@ -419,12 +420,13 @@ fn quality(seed: u64, players: usize, load: f64) -> serde_json::Value {
     // latest, the player being decided not among them) and the index's instances, at most every
     // period of simulated time. The broker's decision that finds them stale starts the
     // recomputation in the background and is itself decided with the old ones: so here.
-    let mut recent: VecDeque<BTreeMap<String, f64>> = VecDeque::with_capacity(prices::WINDOW + 1);
+    // The window is the broker's own (`Demand`).
+    let demand = Demand::default();
     let mut priced_at: Option<u64> = None;
     let fusion = replay(&trace, |index, step| {
         let fresh = priced_at.is_none_or(|at| step.now_ms >= at + prices::PERIOD_MS).then(|| {
             priced_at = Some(step.now_ms);
-            prices::compute(&game, &prices::supply(index, &game), &recent)
+            prices::compute(&game, &prices::supply(index, &game), &demand.recent_players(&game.id))
         });
         let mut r = Request::new("racer", "tenant", step.player.clone());
         r.deadline_ms = DEADLINE_MS;
@@ -433,10 +435,7 @@ fn quality(seed: u64, players: usize, load: f64) -> serde_json::Value {
             index.prices_ms.insert(game.id.clone(), p);
         }
         if step.first {
-            recent.push_back(step.player.rtt_ms.clone());
-            if recent.len() > prices::WINDOW {
-                recent.pop_front();
-            }
+            demand.player(&game.id, &step.player.rtt_ms);
         }
         match outcome {
             Outcome::Place { region, racks } => {

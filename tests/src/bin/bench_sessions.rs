@@ -173,6 +173,7 @@ impl Target {
 }
 
 /// Where everything runs, and the credentials.
+#[derive(Clone)]
 struct Bench {
     client: reqwest::Client,
     broker: String,
@@ -630,12 +631,11 @@ impl Bench {
         };
         let next = Arc::new(AtomicUsize::new(first));
         let end = first + count;
+        let shared = Arc::new(self.clone());
         let begin = Instant::now();
         let mut workers = Vec::new();
         for _ in 0..concurrency.min(count) {
-            let (next, tag) = (next.clone(), tag.to_string());
-            let (client, broker, key, controllers) =
-                (self.client.clone(), self.broker.clone(), self.tenant_key.clone(), self.controllers.clone());
+            let (next, tag, bench) = (next.clone(), tag.to_string(), shared.clone());
             workers.push(tokio::spawn(async move {
                 let mut outcomes = Vec::new();
                 loop {
@@ -643,11 +643,7 @@ impl Bench {
                     if n >= end {
                         break;
                     }
-                    let outcome = match target {
-                        Target::Session => place_session(&client, &broker, &key, &tag, n).await,
-                        Target::RawClaim => raw_claim(&client, &controllers, &tag, n).await,
-                    };
-                    outcomes.push(outcome);
+                    outcomes.push(bench.place(target, &tag, n).await);
                 }
                 outcomes
             }));
@@ -672,19 +668,14 @@ impl Bench {
         count: usize,
         rate: u32,
     ) -> (Vec<Result<Placed, String>>, Duration) {
+        let shared = Arc::new(self.clone());
         let begin = Instant::now();
         let mut tasks = Vec::with_capacity(count);
         let mut ticks = e2e::pace::ticks(f64::from(rate), count);
         while let Some((i, scheduled)) = ticks.recv().await {
-            let tag = tag.to_string();
-            let (client, broker, key, controllers) =
-                (self.client.clone(), self.broker.clone(), self.tenant_key.clone(), self.controllers.clone());
+            let (tag, bench) = (tag.to_string(), shared.clone());
             tasks.push(tokio::spawn(async move {
-                let n = first + i;
-                let outcome = match target {
-                    Target::Session => place_session(&client, &broker, &key, &tag, n).await,
-                    Target::RawClaim => raw_claim(&client, &controllers, &tag, n).await,
-                };
+                let outcome = bench.place(target, &tag, first + i).await;
                 outcome.map(|placed| Placed { latency: scheduled.elapsed(), ..placed })
             }));
         }
@@ -693,6 +684,14 @@ impl Bench {
             outcomes.push(task.await.unwrap_or_else(|e| Err(format!("placement task failed: {e}"))));
         }
         (outcomes, begin.elapsed())
+    }
+
+    /// Placement `n` on `target`.
+    async fn place(&self, target: Target, tag: &str, n: usize) -> Result<Placed, String> {
+        match target {
+            Target::Session => place_session(&self.client, &self.broker, &self.tenant_key, tag, n).await,
+            Target::RawClaim => raw_claim(&self.client, &self.controllers, tag, n).await,
+        }
     }
 
     /// Ends every session (or releases every claim) of a round, `concurrency` at a time.

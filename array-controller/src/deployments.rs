@@ -211,13 +211,9 @@ impl Rack {
                 "(?1 IS NULL OR deployment_id = ?1) AND (?2 IS NULL OR state = ?2)",
                 params![deployment, state.map(|s| s.as_str())],
             )?;
-            // AUTOINCREMENT keeps the last sequence handed out even after compaction.
+            // Compaction always keeps the newest event, so its sequence is the last handed out.
             let seq: i64 = conn
-                .query_row(
-                    "SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'events'",
-                    [],
-                    |r| r.get(0),
-                )
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
                 .map_err(crate::db::DbError::from)?;
             Ok((rows.iter().map(|r| r.view()).collect(), seq as u64))
         })

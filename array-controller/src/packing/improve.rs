@@ -1,9 +1,11 @@
 //! Ruin and recreate: a bounded local search for a batch that did not fit.
 //!
-//! The greedy passes of [`super::place_all`] decide each instance once. On a mixed rack that
+//! The greedy passes of [`super::place_all`] decide each instance once, and its plan
+//! ([`super::plan`]) leaves what rounding its LP does not place to them. On a mixed rack that
 //! can leave every board a little off the mix the rack as a whole needs (one board type full
 //! of CPU and out of GPU slots, another the other way round), and no single move mends it. The
-//! search takes a handful of boards that could run an unplaced instance, lifts this batch's
+//! search runs when neither places the whole batch and the plan cannot show that no more of it
+//! fits. It takes a handful of boards that could run an unplaced instance, lifts this batch's
 //! instances off them (instances placed before the batch never move), and places them again
 //! together with every unplaced instance: the most constrained requests first, the biggest
 //! first within them (or, every other round, in a shuffled order), each on the board the
@@ -14,7 +16,7 @@
 //! and deterministic: the same rack and demand give the same placements.
 
 use super::BoardState;
-use super::placer::{Batch, Fitting, Policy};
+use super::placer::{Batch, Fitting, Policy, settle};
 use super::{Placement, PlacementRequest};
 
 /// Rounds of ruin and recreate at most.
@@ -122,18 +124,7 @@ pub fn improve(
         boards.clone_from_slice(&best.1);
         batches.clone_from_slice(&best.2);
     }
-    for (j, (req, wanted)) in demand.iter().enumerate() {
-        batches[j].failure = None;
-        while batches[j].placed.len() < *wanted {
-            match fitting.choose(boards, req) {
-                Ok(p) => put(boards, &mut batches[j], p),
-                Err(no_fit) => {
-                    batches[j].failure = Some(no_fit);
-                    break;
-                }
-            }
-        }
-    }
+    settle(boards, demand, batches, policy);
 }
 
 /// Records a placement on its board and in its request's batch.
@@ -148,9 +139,9 @@ mod tests {
     use api::facts::PortRange;
 
     use super::*;
+    use crate::packing::check_board;
     use crate::packing::placer::greedy;
     use crate::packing::tests::{class, request, topology_facts};
-    use crate::packing::{check_board, place_all};
 
     #[test]
     fn the_search_places_what_the_passes_strand() {
@@ -168,7 +159,8 @@ mod tests {
         assert_eq!(stranded.iter().map(|b| b.placed.len()).collect::<Vec<_>>(), vec![1, 0]);
 
         let mut boards = vec![board];
-        let batches = place_all(&mut boards, &demand, Policy::FillFirst);
+        let mut batches = greedy(&mut boards, &demand, Policy::FillFirst);
+        improve(&mut boards, &demand, &mut batches, Policy::FillFirst);
         assert_eq!(batches.iter().map(|b| b.placed.len()).collect::<Vec<_>>(), vec![0, 2]);
         // The request still short says why, from the final state of the board.
         let why = batches[0].failure.as_ref().expect("the wide request is short").to_string();

@@ -169,36 +169,103 @@ pub fn place_many(
 /// where moving up to [`MAX_MOVES`] instances of this batch to other boards makes room, they
 /// are moved and it goes there (instances placed before the call never move).
 ///
-/// When that first pass cannot place everything, a few other passes are tried on copies of the
-/// boards (other orders and, under [`Policy::FillFirst`], other measures of fit, the
-/// least-loaded one included) and the one that places the most instances is kept (the first
-/// pass on a tie). Under [`Policy::Spread`] only the order changes: every pass still picks the
-/// least loaded board. When everything fits, only the first pass runs.
+/// When that first pass cannot place everything, the planning pass ([`super::plan`]) tries on a
+/// copy of the boards: the configuration LP over the whole batch turned into whole boards, and
+/// the passes below for the rest. If that too leaves instances out, a few other passes are
+/// tried on copies (other orders and, under [`Policy::FillFirst`], other measures of fit, the
+/// least-loaded one included). Whichever places the most instances is kept (on a tie the first
+/// pass, then the plan). Under [`Policy::Spread`] the other passes only change the order (every
+/// one still picks the least loaded board), and the plan packs as densely as under fill-first:
+/// it runs only when the batch does not fit otherwise. When everything fits, only the first
+/// pass runs.
 ///
-/// When even the best pass leaves instances unplaced, a bounded ruin-and-recreate search
-/// ([`super::improve`]) starts from it and keeps whatever places more.
+/// When even the best of those leaves instances unplaced, and the plan has not shown that no
+/// more of the batch can be placed ([`super::plan::Planned::bound`]), a bounded
+/// ruin-and-recreate search ([`super::improve`]) starts from it and keeps whatever places more.
+/// Every request still short says why in its `failure`, from the boards as they end up.
 pub fn place_all(
     boards: &mut [BoardState],
     demand: &[(PlacementRequest, usize)],
     policy: Policy,
 ) -> Vec<Batch> {
     let wanted: usize = demand.iter().map(|(_, n)| n).sum();
-    let mut batches = greedy(boards, demand, policy);
-    if batches.iter().map(|b| b.placed.len()).sum::<usize>() < wanted {
+    let placed = |batches: &[Batch]| batches.iter().map(|b| b.placed.len()).sum::<usize>();
+    let all = passes(policy);
+    let fresh = boards.to_vec();
+    let mut batches = run_pass(boards, demand, all[0]);
+    // The most that can be placed, when the plan knows it exactly.
+    let mut most = wanted;
+    if placed(&batches) < wanted {
+        let mut trial = fresh.clone();
+        if let Some(planned) = super::plan::place_planned(&mut trial, demand, policy) {
+            most = planned.bound.unwrap_or(wanted);
+            if placed(&planned.batches) > placed(&batches) {
+                boards.clone_from_slice(&trial);
+                batches = planned.batches;
+            }
+        }
+    }
+    if placed(&batches) < most {
+        let mut trial = fresh;
+        let others = best_pass(&mut trial, demand, &all[1..]);
+        if placed(&others) > placed(&batches) {
+            boards.clone_from_slice(&trial);
+            batches = others;
+        }
+    }
+    if placed(&batches) < most {
         super::improve::improve(boards, demand, &mut batches, policy);
+    } else if placed(&batches) < wanted {
+        settle(boards, demand, &mut batches, policy);
     }
     batches
 }
 
-/// The passes of [`place_all`] without the search: the best of them, applied to `boards`.
+/// Gives every request still short of its count a `failure` that says why from the boards as
+/// they are now (placing first any instance that fits after all); every other request gets
+/// none. The reasons a pass recorded were true when it gave up, not necessarily at the end.
+pub(super) fn settle(
+    boards: &mut [BoardState],
+    demand: &[(PlacementRequest, usize)],
+    batches: &mut [Batch],
+    policy: Policy,
+) {
+    let scale = scale(boards);
+    for ((req, wanted), batch) in demand.iter().zip(batches.iter_mut()) {
+        batch.failure = None;
+        while batch.placed.len() < *wanted {
+            match choose(boards, req, &scale, None, |load| load.score(policy)) {
+                Ok(p) => {
+                    if let Some(board) = boards.iter_mut().find(|b| b.id == p.board_id) {
+                        board.placed.push(p.clone());
+                    }
+                    batch.placed.push(p);
+                }
+                Err(no_fit) => {
+                    batch.failure = Some(no_fit);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The passes of [`place_all`] without the plan and the search: the best of them, applied to
+/// `boards`.
 pub(super) fn greedy(
     boards: &mut [BoardState],
     demand: &[(PlacementRequest, usize)],
     policy: Policy,
 ) -> Vec<Batch> {
+    best_pass(boards, demand, &passes(policy))
+}
+
+/// The first of `passes` that places the whole demand, else the one that places the most (the
+/// first listed on a tie), applied to `boards`.
+fn best_pass(boards: &mut [BoardState], demand: &[(PlacementRequest, usize)], passes: &[Pass]) -> Vec<Batch> {
     let wanted: usize = demand.iter().map(|(_, n)| n).sum();
     let mut best: Option<(usize, Vec<BoardState>, Vec<Batch>)> = None;
-    for pass in passes(policy) {
+    for &pass in passes {
         let mut trial = boards.to_vec();
         let batches = run_pass(&mut trial, demand, pass);
         let placed: usize = batches.iter().map(|b| b.placed.len()).sum();
@@ -508,7 +575,7 @@ fn scarcity(boards: &[BoardState], demand: &[(PlacementRequest, usize)]) -> [f64
 
 /// Whether the board may ever run the request, whatever it runs now: cordon, readiness,
 /// architecture, GPU kind and labels.
-fn admits(board: &BoardState, req: &PlacementRequest) -> Result<(), Reason> {
+pub(super) fn admits(board: &BoardState, req: &PlacementRequest) -> Result<(), Reason> {
     if board.cordoned {
         return Err(Reason::Cordoned);
     }

@@ -319,6 +319,50 @@ proptest! {
     }
 
     #[test]
+    fn the_plan_never_overcommits_and_its_bound_holds(
+        boards in arb_rack(),
+        demand in prop::collection::vec((arb_request(), 0usize..8), 0..5),
+        spread in any::<bool>(),
+    ) {
+        let policy = if spread { Policy::Spread } else { Policy::FillFirst };
+        let mut planned = boards.clone();
+        let Some(plan) = plan::place_planned(&mut planned, &demand, policy) else {
+            prop_assert_eq!(&planned, &boards);
+            return Ok(());
+        };
+        prop_assert_eq!(plan.batches.len(), demand.len());
+        for ((req, count), batch) in demand.iter().zip(&plan.batches) {
+            prop_assert_eq!(batch.failure.is_none(), batch.placed.len() == *count);
+            for p in &batch.placed {
+                let b = planned.iter().find(|b| b.id == p.board_id).expect("a board of the rack");
+                prop_assert!(!b.cordoned && b.schedulable && req.archs.contains(&b.arch));
+                prop_assert!(req.gpu_kind.as_ref().is_none_or(|k| b.gpu_kind.as_ref() == Some(k)));
+                prop_assert!(req.labels.iter().all(|(k, v)| b.labels.get(k) == Some(v)));
+                prop_assert_eq!(p.cpus.len(), cpu_split(req.millicores).0);
+                if req.pinning == Pinning::Big {
+                    prop_assert!(p.cpus.iter().all(|c| b.capacity.big_cpus().contains(c)));
+                }
+            }
+        }
+        for b in &planned {
+            prop_assert!(check_board(b).is_ok(), "{}", check_board(b).unwrap_err());
+            // No key on a board more often than the largest limit any request gives it.
+            for (key, n) in BoardUsage::of(&b.placed).groups {
+                let limits = demand.iter().filter_map(|(r, _)| r.anti_affinity.as_ref()).filter(|aa| aa.key == key);
+                prop_assert!(n <= limits.map(|aa| aa.max_per_board).max().unwrap_or(u32::MAX));
+            }
+        }
+        // place_all keeps the plan when it places more, and nothing places more than the bound.
+        let placed: usize = plan.batches.iter().map(|b| b.placed.len()).sum();
+        let mut all = boards;
+        let best: usize = place_all(&mut all, &demand, policy).iter().map(|b| b.placed.len()).sum();
+        prop_assert!(best >= placed, "place_all {} < plan {}", best, placed);
+        if let Some(bound) = plan.bound {
+            prop_assert!(best <= bound, "place_all {} > bound {}", best, bound);
+        }
+    }
+
+    #[test]
     fn allocatable_takes_the_reserve_from_little_cores_first(
         cpus in 1u32..16, little in 0u32..16, reserve in 0u32..20_000,
     ) {

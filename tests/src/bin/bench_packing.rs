@@ -19,30 +19,36 @@
 //! Placers: the packer with `FillFirst` and with `Spread`; a first-fit baseline (boards in id
 //! order, the first that fits, same CPU model; ids are shuffled across classes).
 //!
-//! The best possible, on the same demand:
-//! - small racks (3-4 boards): the exact optimum. Every maximal set of instances one board of
-//!   each class can hold is enumerated (exactly, including the search for cpusets), then a
-//!   search over the residual demand board by board.
+//! The best possible, on the same demand, from the packer's own model of what a board can hold
+//! (`packing::configs`: boards grouped into classes, every maximal set of instances one board of
+//! a class can hold, cpusets searched exactly; exact for these games, whose millicores split
+//! evenly over their CPUs) and its configuration LP (`packing::lp`):
+//! - small racks (3-4 boards): the exact optimum, by a search over the residual demand board by
+//!   board over those sets.
 //! - every rack: an upper bound from the configuration LP (boards of each class hold a
 //!   fractional mix of maximal sets). On the small racks it can be compared with the exact
-//!   optimum. On the 60-board rack the LP solution is also rounded down and the rest placed by
-//!   the packer on the boards left over: a packing that exists, so a lower bound on the optimum.
-//!   The optimum lies between the two.
+//!   optimum. On the 60-board rack, 'exists' is what the packer's planning pass alone
+//!   (`packing::plan`: the LP turned into whole boards, the rest by the greedy passes) places:
+//!   a packing that exists, so a lower bound on the optimum. The optimum lies between the two.
 //!
-//! Also: microseconds per `place` call, over whole runs on the 60-board rack.
+//! Also: microseconds per `place` call, over whole runs on the 60-board rack; and per
+//! `place_all` call of the fill placer, the mean and slowest over its scan down to its largest
+//! N, and one call one instance past the LP bound (a batch that cannot all fit, as a pool short
+//! of room asks every pass).
 //!
 //! ```text
 //! cargo run --release -p e2e --bin bench_packing -- [--out PATH] [--seed N] [--streams N]
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use api::facts::{BoardFacts, CpuCluster, CpuTopology, DiskFacts, DockerFacts, KernelFacts, PortRange};
 use api::rack::Pinning;
+use array_controller::packing::configs::{self, Class};
 use array_controller::packing::resources::{MILLICORES_PER_CPU, cpu_split};
-use array_controller::packing::{self, BoardCapacity, BoardState, ClassRule, PlacementRequest, Policy};
+use array_controller::packing::{self, BoardState, ClassRule, PlacementRequest, Policy, lp, plan};
 use serde_json::{Value, json};
 
 /// The controller's `[[class]]` rules for the boards of this rack (as JSON here; the same keys
@@ -292,12 +298,18 @@ enum Strategy {
     FirstFit,
 }
 
-/// One placer's figures: instances placed, and `place` calls and the time spent in them.
+/// One placer's figures: instances placed, and `place` calls and the time spent in them; for
+/// batches, also the batches placed and the slowest one.
 #[derive(Default)]
 struct Run {
     placed: usize,
     calls: usize,
     elapsed: Duration,
+    batches: usize,
+    slowest: Duration,
+    /// One batch one instance past the LP bound, which cannot all fit (`place_all` only): what
+    /// a pool short of room costs each pass.
+    unmet: Option<Duration>,
 }
 
 impl Run {
@@ -309,6 +321,10 @@ impl Run {
 
     fn us_per_place(&self) -> f64 {
         self.elapsed.as_secs_f64() * 1e6 / self.calls.max(1) as f64
+    }
+
+    fn ms_per_batch(&self) -> f64 {
+        self.elapsed.as_secs_f64() * 1e3 / self.batches.max(1) as f64
     }
 }
 
@@ -343,7 +359,7 @@ fn online(rack: &[BoardState], requests: &[PlacementRequest], stream: &[usize], 
     }
     let elapsed = start.elapsed();
     check(&boards);
-    Run { placed, calls: placed + 1, elapsed }
+    Run { placed, calls: placed + 1, elapsed, ..Run::default() }
 }
 
 #[derive(Clone, Copy)]
@@ -384,7 +400,10 @@ fn batch(
             .map(|(req, &n)| (0..n).take_while(|_| place_one(&mut boards, req, Strategy::FirstFit)).count())
             .sum(),
     };
-    run.elapsed += start.elapsed();
+    let elapsed = start.elapsed();
+    run.elapsed += elapsed;
+    run.batches += 1;
+    run.slowest = run.slowest.max(elapsed);
     // One call per instance placed, and (about) one more that found no board.
     run.calls += placed + usize::from(placed < total);
     check(&boards);
@@ -402,6 +421,11 @@ fn batch_best(
 ) -> Run {
     let mut run = Run::default();
     run.placed = (0..=hi).rev().find(|&n| batch(rack, requests, &demand(mix, n), how, &mut run)).unwrap_or(0);
+    if matches!(how, Batching::All(_)) && hi < mix.len() {
+        let mut past = Run::default();
+        assert!(!batch(rack, requests, &demand(mix, hi + 1), how, &mut past), "past the LP bound");
+        run.unmet = Some(past.elapsed);
+    }
     run
 }
 
@@ -412,256 +436,6 @@ fn demand(stream: &[usize], n: usize) -> Vec<u32> {
         d[g] += 1;
     }
     d
-}
-
-/// The exact model of one board class: capacity and which games may run on it.
-struct ClassModel {
-    capacity: BoardCapacity,
-    eligible: Vec<bool>,
-    memo: HashMap<Vec<u32>, bool>,
-}
-
-impl ClassModel {
-    fn new(board: &BoardState, requests: &[PlacementRequest]) -> ClassModel {
-        let empty = BoardState { placed: vec![], ..board.clone() };
-        let eligible = requests
-            .iter()
-            .map(|r| packing::place(std::slice::from_ref(&empty), r, Policy::FillFirst).is_ok())
-            .collect();
-        ClassModel { capacity: board.capacity.clone(), eligible, memo: HashMap::new() }
-    }
-
-    /// Can one board of this class hold `counts` instances of each game, on every resource,
-    /// with some choice of cpusets?
-    fn fits(&mut self, counts: &[u32]) -> bool {
-        if let Some(&known) = self.memo.get(counts) {
-            return known;
-        }
-        let cap = &self.capacity;
-        let sum = |f: &dyn Fn(&Game) -> u64| -> u64 {
-            GAMES.iter().zip(counts).map(|(g, &n)| f(g) * u64::from(n)).sum()
-        };
-        let ok = counts.iter().zip(&self.eligible).all(|(&n, &e)| n == 0 || e)
-            && sum(&|g| g.memory_mib) <= cap.memory_mib
-            && sum(&|g| u64::from(g.millicores)) <= u64::from(cap.millicores)
-            && sum(&|g| u64::from(g.gpu_slots)) <= u64::from(cap.gpu_slots)
-            && sum(&|g| u64::from(g.encoder_slots)) <= u64::from(cap.encoder_slots)
-            && 2 * sum(&|_| 1) <= cap.ports.len() as u64
-            && cpus_fit(cap, counts);
-        self.memo.insert(counts.to_vec(), ok);
-        ok
-    }
-
-    /// Every maximal `counts` this class can hold (no game can be added), clipped to `limit`.
-    fn maximal_configs(&mut self, limit: &[u32]) -> Vec<Vec<u32>> {
-        let mut out = Vec::new();
-        let mut v = vec![0; GAMES.len()];
-        self.extend(&mut v, 0, limit, &mut out);
-        out
-    }
-
-    fn extend(&mut self, v: &mut Vec<u32>, from: usize, limit: &[u32], out: &mut Vec<Vec<u32>>) {
-        let mut maximal = true;
-        for g in 0..GAMES.len() {
-            if v[g] >= limit[g] {
-                continue;
-            }
-            v[g] += 1;
-            if self.fits(v) {
-                maximal = false;
-                if g >= from {
-                    self.extend(v, g, limit, out);
-                }
-            }
-            v[g] -= 1;
-        }
-        if maximal {
-            out.push(v.clone());
-        }
-    }
-}
-
-/// Exact cpuset feasibility: each instance needs `k` distinct allowed CPUs with its share free.
-/// A greedy best fit settles most cases; otherwise a search over CPUs grouped by (free, big),
-/// remembering states that failed.
-fn cpus_fit(cap: &BoardCapacity, counts: &[u32]) -> bool {
-    let mut items: Vec<(usize, u32, bool)> = Vec::new();
-    for (g, &n) in GAMES.iter().zip(counts) {
-        let (k, share, _) = cpu_split(g.millicores);
-        items.extend(std::iter::repeat_n((k, share, g.big), n as usize));
-    }
-    items.sort_by_key(|&(k, share, big)| {
-        (std::cmp::Reverse(big), std::cmp::Reverse(share), std::cmp::Reverse(k))
-    });
-    let cpus: Vec<(u32, bool)> = cap.cpus.iter().map(|c| (c.millicores, c.big)).collect();
-    greedy_cpus(cpus.clone(), &items) || search_cpus(cpus, &items, 0, &mut HashSet::new())
-}
-
-fn greedy_cpus(mut cpus: Vec<(u32, bool)>, items: &[(usize, u32, bool)]) -> bool {
-    for &(k, share, big) in items {
-        let mut allowed: Vec<usize> =
-            (0..cpus.len()).filter(|&i| cpus[i].0 >= share && (cpus[i].1 || !big)).collect();
-        allowed.sort_by_key(|&i| (cpus[i].0, cpus[i].1));
-        if allowed.len() < k {
-            return false;
-        }
-        for &i in &allowed[..k] {
-            cpus[i].0 -= share;
-        }
-    }
-    true
-}
-
-fn search_cpus(
-    cpus: Vec<(u32, bool)>,
-    items: &[(usize, u32, bool)],
-    i: usize,
-    failed: &mut HashSet<(usize, Vec<(u32, bool)>)>,
-) -> bool {
-    let Some(&(k, share, big)) = items.get(i) else { return true };
-    let mut state = cpus;
-    state.sort_unstable();
-    if failed.contains(&(i, state.clone())) {
-        return false;
-    }
-    // Groups of interchangeable CPUs: (free, big, how many).
-    let mut groups: Vec<(u32, bool, usize)> = Vec::new();
-    for &(free, is_big) in &state {
-        if free >= share && (is_big || !big) {
-            match groups.last_mut() {
-                Some(g) if g.0 == free && g.1 == is_big => g.2 += 1,
-                _ => groups.push((free, is_big, 1)),
-            }
-        }
-    }
-    let mut take = vec![0usize; groups.len()];
-    let found = choose(&groups, &mut take, 0, k, &mut |take| {
-        let mut next = state.clone();
-        for (g, &n) in groups.iter().zip(take) {
-            let mut left = n;
-            for c in next.iter_mut() {
-                if left > 0 && c.0 == g.0 && c.1 == g.1 {
-                    c.0 -= share;
-                    left -= 1;
-                }
-            }
-        }
-        search_cpus(next, items, i + 1, failed)
-    });
-    if !found {
-        failed.insert((i, state));
-    }
-    found
-}
-
-/// Tries every way of taking `left` CPUs from the groups from index `g` on.
-fn choose(
-    groups: &[(u32, bool, usize)],
-    take: &mut Vec<usize>,
-    g: usize,
-    left: usize,
-    f: &mut dyn FnMut(&[usize]) -> bool,
-) -> bool {
-    if left == 0 {
-        return f(take);
-    }
-    if g == groups.len() {
-        return false;
-    }
-    for n in (0..=groups[g].2.min(left)).rev() {
-        take[g] = n;
-        if choose(groups, take, g + 1, left - n, f) {
-            take[g] = 0;
-            return true;
-        }
-    }
-    take[g] = 0;
-    false
-}
-
-/// Maximal configurations per class, clipped to `limit` and with dominated ones removed.
-fn columns(models: &mut [ClassModel], limit: &[u32]) -> Vec<Vec<Vec<u32>>> {
-    models
-        .iter_mut()
-        .map(|m| {
-            let mut configs = m.maximal_configs(limit);
-            configs.sort();
-            configs.dedup();
-            let dominated =
-                |c: &Vec<u32>| configs.iter().any(|d| d != c && d.iter().zip(c).all(|(a, b)| a >= b));
-            configs.iter().filter(|c| !dominated(c)).cloned().collect()
-        })
-        .collect()
-}
-
-/// Configuration LP: the largest s such that boards of each class, each holding a (fractional)
-/// mix of maximal configurations, cover s x `need`; and how many boards hold each
-/// configuration (in the order of `columns`, class by class). Simplex on a dense tableau with
-/// Bland's rule (no cycling; the problem has a few rows and some thousands of columns).
-fn lp_solve(columns: &[Vec<Vec<u32>>], boards_per_class: &[usize], need: &[u32]) -> (f64, Vec<f64>) {
-    const EPS: f64 = 1e-9;
-    let games = need.len();
-    let rows = games + columns.len();
-    let vars: Vec<(usize, &Vec<u32>)> =
-        columns.iter().enumerate().flat_map(|(t, cs)| cs.iter().map(move |c| (t, c))).collect();
-    // Columns: s, one per configuration, one slack per row, then the right-hand side.
-    let n = 1 + vars.len();
-    let width = n + rows + 1;
-    let mut tab = vec![vec![0.0f64; width]; rows + 1];
-    // s * need[g] - sum(boards holding c * c[g]) <= 0
-    for g in 0..games {
-        tab[g][0] = f64::from(need[g]);
-        for (j, (_, c)) in vars.iter().enumerate() {
-            tab[g][1 + j] = -f64::from(c[g]);
-        }
-    }
-    // sum(boards of class t) <= boards_per_class[t]
-    for (t, &count) in boards_per_class.iter().enumerate() {
-        for (j, (class, _)) in vars.iter().enumerate() {
-            if *class == t {
-                tab[games + t][1 + j] = 1.0;
-            }
-        }
-        tab[games + t][width - 1] = count as f64;
-    }
-    for (r, row) in tab.iter_mut().take(rows).enumerate() {
-        row[n + r] = 1.0;
-    }
-    tab[rows][0] = -1.0;
-    let mut basis: Vec<usize> = (n..n + rows).collect();
-    while let Some(enter) = (0..width - 1).find(|&j| tab[rows][j] < -EPS) {
-        let mut leave: Option<(usize, f64)> = None;
-        for r in 0..rows {
-            if tab[r][enter] > EPS {
-                let ratio = tab[r][width - 1] / tab[r][enter];
-                let better = match leave {
-                    None => true,
-                    Some((l, best)) => ratio < best - EPS || (ratio < best + EPS && basis[r] < basis[l]),
-                };
-                if better {
-                    leave = Some((r, ratio));
-                }
-            }
-        }
-        let Some((pivot, _)) = leave else { return (f64::INFINITY, vec![]) };
-        let p = tab[pivot][enter];
-        tab[pivot].iter_mut().for_each(|x| *x /= p);
-        let pivot_row = tab[pivot].clone();
-        for (r, row) in tab.iter_mut().enumerate() {
-            let factor = row[enter];
-            if r != pivot && factor.abs() > EPS {
-                row.iter_mut().zip(&pivot_row).for_each(|(x, y)| *x -= factor * y);
-            }
-        }
-        basis[pivot] = enter;
-    }
-    let mut boards = vec![0.0; vars.len()];
-    for (r, &b) in basis.iter().enumerate() {
-        if (1..n).contains(&b) {
-            boards[b - 1] = tab[r][width - 1];
-        }
-    }
-    (tab[rows][width - 1], boards)
 }
 
 /// Largest prefix for which `feasible` holds, knowing `lo` is feasible; prefixes only get harder.
@@ -676,12 +450,7 @@ fn largest_prefix(lo: usize, hi: usize, mut feasible: impl FnMut(usize) -> bool)
 
 /// Exact: can the boards (classes listed) hold `need`? Residual demand board by board; the
 /// last board is asked directly.
-fn exact_feasible(
-    models: &mut [ClassModel],
-    boards: &[usize],
-    configs: &[Vec<Vec<u32>>],
-    need: &[u32],
-) -> bool {
+fn exact_feasible(classes: &mut [Class], boards: &[usize], configs: &[Vec<Vec<u32>>], need: &[u32]) -> bool {
     let (last, rest) = boards.split_last().expect("a rack has boards");
     let mut frontier: HashSet<Vec<u32>> = HashSet::from([need.to_vec()]);
     for &class in rest {
@@ -693,14 +462,15 @@ fn exact_feasible(
         }
         frontier = next;
     }
-    frontier.iter().any(|r| models[*last].fits(r))
+    frontier.iter().any(|r| classes[*last].fits(r))
 }
 
 /// The best possible on one rack: the LP bound, the exact optimum (small racks) and a packing
-/// that exists (LP rounding, the 60-board rack).
+/// that exists (the packer's planning pass alone, the 60-board rack). The model, the
+/// configurations and the LP are the packer's own (`packing::configs`, `packing::lp`).
 struct Optimum {
-    models: Vec<ClassModel>,
-    /// Boards per class (indices into `models`).
+    classes: Vec<Class>,
+    /// Boards per class (indices into `classes`).
     per_class: Vec<usize>,
     /// Class of each board of the rack, in id order.
     class_of: Vec<usize>,
@@ -709,22 +479,23 @@ struct Optimum {
 }
 
 impl Optimum {
-    fn new(rack: &[BoardState], kinds: &[usize], requests: &[PlacementRequest], limit: &[u32]) -> Optimum {
-        let classes: Vec<usize> = (0..HARDWARE.len()).filter(|k| kinds.contains(k)).collect();
-        let mut models: Vec<ClassModel> = classes
-            .iter()
-            .map(|k| ClassModel::new(&rack[kinds.iter().position(|x| x == k).unwrap()], requests))
+    fn new(rack: &[BoardState], requests: &[PlacementRequest], limit: &[u32]) -> Optimum {
+        let mut classes = configs::classes(rack, requests);
+        let per_class = classes.iter().map(|c| c.boards.len()).collect();
+        let class_of = (0..rack.len())
+            .map(|b| {
+                classes.iter().position(|c| c.boards.contains(&b)).expect("every bench board runs a game")
+            })
             .collect();
-        let per_class = classes.iter().map(|k| kinds.iter().filter(|x| *x == k).count()).collect();
-        let class_of = kinds.iter().map(|k| classes.iter().position(|c| c == k).unwrap()).collect();
-        let configs = columns(&mut models, limit);
-        Optimum { models, per_class, class_of, configs }
+        let configs = configs::columns(&mut classes, limit, &mut { usize::MAX }).expect("no budget");
+        Optimum { classes, per_class, class_of, configs }
     }
 
     /// Largest N in `lo..=hi` for which the LP relaxation holds the first N of `stream`.
     fn bound(&self, stream: &[usize], lo: usize, hi: usize) -> usize {
         largest_prefix(lo, hi, |n| {
-            lp_solve(&self.configs, &self.per_class, &demand(stream, n)).0 >= 1.0 - 1e-7
+            let need = demand(stream, n);
+            lp::solve(&self.configs, &self.per_class, &need).covers(&need)
         })
     }
 
@@ -735,54 +506,32 @@ impl Optimum {
         boards.sort_by_key(|&c| self.configs[c].len());
         largest_prefix(lo, hi, |n| {
             let need = demand(stream, n);
-            let clipped = columns(&mut self.models, &need);
-            exact_feasible(&mut self.models, &boards, &clipped, &need)
+            let clipped = configs::columns(&mut self.classes, &need, &mut { usize::MAX }).expect("no budget");
+            exact_feasible(&mut self.classes, &boards, &clipped, &need)
         })
     }
+}
 
-    /// A packing of the first N of `stream` that exists, for the largest N found in `lo..=hi`:
-    /// the LP's boards rounded down, the rest placed by the packer on the boards left over.
-    fn rounded(
-        &self,
-        rack: &[BoardState],
-        requests: &[PlacementRequest],
-        stream: &[usize],
-        lo: usize,
-        hi: usize,
-    ) -> usize {
-        largest_prefix(lo, hi, |n| {
-            let need = demand(stream, n);
-            let (scale, boards) = lp_solve(&self.configs, &self.per_class, &need);
-            if scale < 1.0 - 1e-7 {
-                return false;
-            }
-            let configs = self.configs.iter().enumerate().flat_map(|(t, cs)| cs.iter().map(move |c| (t, c)));
-            let mut left = need.clone();
-            let mut used = vec![0; self.per_class.len()];
-            for ((class, config), count) in configs.zip(boards) {
-                let whole = (count + 1e-7).floor() as usize;
-                used[class] += whole;
-                for (l, c) in left.iter_mut().zip(config) {
-                    *l = l.saturating_sub(c * whole as u32);
-                }
-            }
-            // The boards no rounded configuration took, fresh.
-            let mut spare: Vec<BoardState> = Vec::new();
-            let mut taken = vec![0; self.per_class.len()];
-            for (board, &class) in rack.iter().zip(&self.class_of) {
-                taken[class] += 1;
-                if taken[class] > used[class] {
-                    spare.push(BoardState { placed: vec![], ..board.clone() });
-                }
-            }
-            let demand: Vec<(PlacementRequest, usize)> =
-                requests.iter().cloned().zip(left.iter().map(|&l| l as usize)).collect();
-            packing::place_all(&mut spare, &demand, Policy::FillFirst)
-                .iter()
-                .zip(&left)
-                .all(|(b, &l)| b.placed.len() == l as usize)
-        })
-    }
+/// Largest N in `lo..=hi` for which the packer's planning pass alone (the LP turned into whole
+/// boards, the rest placed by the greedy passes) places all of the first N of `stream`: a
+/// packing that exists.
+fn planned(
+    rack: &[BoardState],
+    requests: &[PlacementRequest],
+    stream: &[usize],
+    lo: usize,
+    hi: usize,
+) -> usize {
+    largest_prefix(lo, hi, |n| {
+        let need = demand(stream, n);
+        let demand: Vec<(PlacementRequest, usize)> =
+            requests.iter().cloned().zip(need.iter().map(|&l| l as usize)).collect();
+        let mut boards = rack.to_vec();
+        let batches =
+            plan::place_planned(&mut boards, &demand, Policy::FillFirst).expect("within the budget").batches;
+        check(&boards);
+        batches.iter().zip(&need).all(|(b, &l)| b.placed.len() == l as usize)
+    })
 }
 
 /// One scenario's figures.
@@ -853,7 +602,7 @@ fn main() {
             let limit: Vec<u32> = (0..GAMES.len())
                 .map(|g| arrivals.iter().chain([&target]).map(|s| demand(s, len)[g]).max().unwrap_or(0))
                 .collect();
-            let mut optimum = Optimum::new(&rack, kinds, &requests, &limit);
+            let mut optimum = Optimum::new(&rack, &requests, &limit);
             let name = format!("{rack_name}/{mix}");
 
             let bound = optimum.bound(&target, 0, len);
@@ -868,7 +617,7 @@ fn main() {
             ];
             let best = runs.iter().map(|r| r.1.placed).max().unwrap_or(0);
             let exact = small.then(|| optimum.exact(&target, best, bound));
-            let rounded = (!small).then(|| optimum.rounded(&rack, &requests, &target, best, bound));
+            let rounded = (!small).then(|| planned(&rack, &requests, &target, best, bound));
             figures.push(Figures {
                 name: name.clone(),
                 mode: "target mix",
@@ -896,7 +645,7 @@ fn main() {
                 if *small {
                     exact += optimum.exact(stream, best, b);
                 } else {
-                    rounded += optimum.rounded(&rack, &requests, stream, best, b);
+                    rounded += planned(&rack, &requests, stream, best, b);
                 }
             }
             let (exact, rounded) = if *small { (Some(exact), None) } else { (None, Some(rounded)) };
@@ -949,26 +698,33 @@ fn print_table(mode: &str, what: &str, figures: &[Figures]) {
     let figures: Vec<&Figures> = figures.iter().filter(|f| f.mode == mode).collect();
     println!("\n{mode}: {what}");
     println!(
-        "placed (gap to the optimum where shown, else to the LP bound); 'exists' is a packing found by LP rounding"
+        "placed (gap to the optimum where shown, else to the LP bound); 'exists' is a packing found by the \
+         packer's planning pass alone (the LP turned into whole boards)"
     );
+    let batches = figures[0].runs[0].1.batches > 0;
     print!("{:<18} {:>6}", "scenario", "boards");
     for (label, _) in &figures[0].runs {
         print!(" {label:>14}");
     }
-    println!(" {:>7} {:>7} {:>7} {:>9}", "optimum", "exists", "bound", "us/place");
+    print!(" {:>7} {:>7} {:>7} {:>9}", "optimum", "exists", "bound", "us/place");
+    // Per `place_all` call of the first placer (fill), over the scan down to its largest N.
+    println!(
+        "{}",
+        if batches { format!(" {:>9} {:>9} {:>9}", "ms/batch", "max ms", "unmet ms") } else { String::new() }
+    );
     for f in figures {
         print!("{:<18} {:>6}", f.name, f.boards);
         for (_, run) in &f.runs {
             print!(" {:>14}", format!("{} ({:.1}%)", run.placed, gap(run.placed, f.reference())));
         }
         let opt = |v: Option<usize>| v.map_or("-".to_string(), |v| v.to_string());
-        println!(
-            " {:>7} {:>7} {:>7} {:>9.1}",
-            opt(f.exact),
-            opt(f.rounded),
-            f.bound,
-            f.runs[0].1.us_per_place()
-        );
+        let fill = &f.runs[0].1;
+        print!(" {:>7} {:>7} {:>7} {:>9.1}", opt(f.exact), opt(f.rounded), f.bound, fill.us_per_place());
+        if batches {
+            let unmet = fill.unmet.map_or("-".to_string(), |d| format!("{:.1}", d.as_secs_f64() * 1e3));
+            print!(" {:>9.1} {:>9.1} {unmet:>9}", fill.ms_per_batch(), fill.slowest.as_secs_f64() * 1e3);
+        }
+        println!();
     }
 }
 
@@ -982,6 +738,10 @@ fn figures_json(f: &Figures) -> Value {
                 "gap_pct": gap(r.placed, f.reference()),
                 "place_calls": r.calls,
                 "us_per_place": r.us_per_place(),
+                "batches": r.batches,
+                "ms_per_batch": r.ms_per_batch(),
+                "slowest_batch_ms": r.slowest.as_secs_f64() * 1e3,
+                "unmet_batch_ms": r.unmet.map(|d| d.as_secs_f64() * 1e3),
             });
             (label.to_string(), v)
         })
@@ -992,7 +752,7 @@ fn figures_json(f: &Figures) -> Value {
         "boards": f.boards,
         "placers": runs,
         "exact_optimum": f.exact,
-        "lp_rounding_packing": f.rounded,
+        "planning_pass_packing": f.rounded,
         "lp_bound": f.bound,
         "gap_reference": if f.exact.is_some() { "exact optimum" } else { "LP upper bound" },
     })

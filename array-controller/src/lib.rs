@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
+use service_kit::checkpoint::{Cadence, Checkpointer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +42,7 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 const LEASE_SWEEP: Duration = Duration::from_millis(250);
 /// How often reachability and gauges are refreshed (and pools re-checked).
 const SLOW_SWEEP: Duration = Duration::from_secs(1);
-/// How often packing utilisation is recomputed (it reads every instance).
+/// How often packing utilisation is recomputed (a grouped sum over every instance).
 const UTILISATION: Duration = Duration::from_secs(10);
 /// How often the event log is compacted.
 const COMPACTION: Duration = Duration::from_secs(60);
@@ -69,7 +70,10 @@ pub async fn run(
 ) -> Result<(), ControllerError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| ControllerError::DataDir { path: config.data_dir.display().to_string(), source })?;
-    let conn = service_kit::sqlite::open(&config.data_dir.join("controller.db"), db::MIGRATIONS)?;
+    let db_path = config.data_dir.join("controller.db");
+    let conn = service_kit::sqlite::open(&db_path, db::MIGRATIONS)?;
+    // Lives as long as the controller runs.
+    let _checkpointer = Checkpointer::start(&db_path, &conn, Cadence::SERVICE)?;
     let operator_token = token(&config.data_dir, "operator-token", config.operator_token.as_deref(), "op")?;
     let broker_token = token(&config.data_dir, "broker-token", config.broker_token.as_deref(), "broker")?;
     let mut registry = Registry::default();
@@ -114,11 +118,14 @@ async fn lease_loop(rack: Arc<Rack>) {
     loop {
         tokio::select! {
             _ = rack.shutdown.cancelled() => return,
-            _ = tick.tick() => {
-                if let Err(err) = rack.sweep_leases() {
-                    tracing::error!(error = %err, "lease sweep failed");
-                }
-            }
+            _ = tick.tick() => {}
+        }
+        // A write like a claim's: off the async workers.
+        let sweep = Arc::clone(&rack);
+        match tokio::task::spawn_blocking(move || sweep.sweep_leases()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::error!(error = %err, "lease sweep failed"),
+            Err(err) => tracing::error!(error = %err, "lease sweep panicked"),
         }
     }
 }
@@ -132,27 +139,42 @@ async fn sweep_loop(rack: Arc<Rack>) {
             _ = rack.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(err) = rack.sweep_reachability() {
-            tracing::error!(error = %err, "reachability sweep failed");
-        }
-        if let Err(err) = rack.refresh_gauges() {
-            tracing::error!(error = %err, "gauge refresh failed");
-        }
-        if last_utilisation.elapsed() >= UTILISATION {
+        let utilisation = last_utilisation.elapsed() >= UTILISATION;
+        if utilisation {
             last_utilisation = tokio::time::Instant::now();
-            if let Err(err) = rack.refresh_utilisation() {
-                tracing::error!(error = %err, "utilisation refresh failed");
-            }
         }
-        if last_compaction.elapsed() >= COMPACTION {
+        let compaction = last_compaction.elapsed() >= COMPACTION;
+        if compaction {
             last_compaction = tokio::time::Instant::now();
-            let cutoff =
-                service_kit::time::now_ms().saturating_sub(rack.config.event_retention.as_millis() as u64);
-            match events::compact(&rack.db, cutoff) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(removed = n, "event log compacted"),
-                Err(err) => tracing::error!(error = %err, "event compaction failed"),
-            }
+        }
+        // The sweeps wait for the database lock and scan tables: off the async workers, which
+        // keep serving meanwhile.
+        let sweep = Arc::clone(&rack);
+        if let Err(err) =
+            tokio::task::spawn_blocking(move || slow_sweep(&sweep, utilisation, compaction)).await
+        {
+            tracing::error!(error = %err, "sweep panicked");
+        }
+    }
+}
+
+fn slow_sweep(rack: &Rack, utilisation: bool, compaction: bool) {
+    if let Err(err) = rack.sweep_reachability() {
+        tracing::error!(error = %err, "reachability sweep failed");
+    }
+    if let Err(err) = rack.refresh_gauges() {
+        tracing::error!(error = %err, "gauge refresh failed");
+    }
+    if utilisation && let Err(err) = rack.refresh_utilisation() {
+        tracing::error!(error = %err, "utilisation refresh failed");
+    }
+    if compaction {
+        let cutoff =
+            service_kit::time::now_ms().saturating_sub(rack.config.event_retention.as_millis() as u64);
+        match events::compact(&rack.db, cutoff) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "event log compacted"),
+            Err(err) => tracing::error!(error = %err, "event compaction failed"),
         }
     }
 }

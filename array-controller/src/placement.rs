@@ -2,6 +2,8 @@
 //! instance rows, places instances, and checks the invariants of every board it changed before
 //! the write commits.
 
+use std::collections::HashMap;
+
 use api::rack::{BoardState as Lifecycle, DeploymentSpec};
 
 use crate::error::RackError;
@@ -102,18 +104,35 @@ pub fn still_fits(
     Ok(())
 }
 
-/// Share of the allocatable resources of schedulable boards that is placed, per resource.
-pub fn utilisation(view: &[BoardState]) -> [(&'static str, f64); 4] {
+/// What the instances of one board hold, summed (every instance row, as in [`rack_view`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    pub millicores: u64,
+    pub memory_mib: u64,
+    pub gpu_slots: u64,
+    pub encoder_slots: u64,
+}
+
+/// Share of the allocatable resources of schedulable boards that is placed, per resource,
+/// from each board's summed instances (`held`, by board id): no instance row is read, so the
+/// database scan behind it is one grouped sum.
+pub fn utilisation(
+    boards: &[BoardRow],
+    held: &HashMap<String, Held>,
+    classes: &[ClassRule],
+) -> [(&'static str, f64); 4] {
     let mut capacity = [0f64; 4];
     let mut used = [0f64; 4];
-    for board in view.iter().filter(|b| b.schedulable && !b.cordoned) {
-        let usage = packing::BoardUsage::of(&board.placed);
-        let c = &board.capacity;
+    let in_service = boards.iter().filter(|b| b.state == Lifecycle::Ready && b.reachable && !b.cordoned);
+    for board in in_service {
+        let Some(class) = packing::classify(&board.facts, classes) else { continue };
+        let c = packing::allocatable(&board.facts, class);
+        let h = held.get(&board.id).copied().unwrap_or_default();
         for (i, (cap, use_)) in [
-            (f64::from(c.millicores), f64::from(usage.millicores)),
-            (c.memory_mib as f64, usage.memory_mib as f64),
-            (f64::from(c.gpu_slots), f64::from(usage.gpu_slots)),
-            (f64::from(c.encoder_slots), f64::from(usage.encoder_slots)),
+            (f64::from(c.millicores), h.millicores as f64),
+            (c.memory_mib as f64, h.memory_mib as f64),
+            (f64::from(c.gpu_slots), h.gpu_slots as f64),
+            (f64::from(c.encoder_slots), h.encoder_slots as f64),
         ]
         .into_iter()
         .enumerate()

@@ -2,6 +2,7 @@
 //! checks credentials, serves metrics and shuts down the same way.
 
 pub mod auth;
+pub mod checkpoint;
 pub mod files;
 pub mod http_error;
 pub mod metrics;

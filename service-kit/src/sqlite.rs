@@ -18,6 +18,10 @@ pub enum StoreOpenError {
         "database {path} has schema version {found}, newer than this binary knows ({known}); run a newer binary"
     )]
     TooNew { path: String, found: usize, known: usize },
+    #[error("cannot open the checkpoint connection to {path}: {source}")]
+    Checkpoint { path: String, source: rusqlite::Error },
+    #[error("cannot start the checkpoint thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Opens (creating if needed) the database at `path` in WAL mode with `synchronous=NORMAL` and a

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
+use service_kit::checkpoint::{Cadence, Checkpointer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -55,10 +56,11 @@ pub async fn run(
 ) -> Result<(), RunError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| RunError::DataDir { path: config.data_dir.display().to_string(), source })?;
-    let db = Arc::new(db::Db::new(service_kit::sqlite::open(
-        &config.data_dir.join("session-broker.db"),
-        db::MIGRATIONS,
-    )?));
+    let db_path = config.data_dir.join("session-broker.db");
+    let conn = service_kit::sqlite::open(&db_path, db::MIGRATIONS)?;
+    // Lives as long as the broker runs.
+    let _checkpointer = Checkpointer::start(&db_path, &conn, Cadence::SERVICE)?;
+    let db = Arc::new(db::Db::new(conn));
     let token_path = config.data_dir.join("operator-token");
     let operator_token =
         service_kit::files::configured_or_stored_token(config.operator_token.as_deref(), &token_path, "op")

@@ -165,6 +165,21 @@ impl PlacementRequest {
                 .map(|max| AntiAffinity { key: deployment_id.to_string(), max_per_board: max }),
         }
     }
+
+    /// One instance of this request on `board_id`, with the CPUs and the two host ports chosen
+    /// for it (ADB first).
+    pub fn placement(&self, board_id: &str, cpus: Vec<u32>, ports: [u16; 2]) -> Placement {
+        Placement {
+            board_id: board_id.to_string(),
+            cpus,
+            millicores: self.millicores,
+            memory_mib: self.memory_mib,
+            gpu_slots: self.gpu_slots,
+            encoder_slots: self.encoder_slots,
+            ports: InstancePorts { adb: ports[0], stream: ports[1] },
+            group: self.anti_affinity.as_ref().map(|aa| aa.key.clone()),
+        }
+    }
 }
 
 /// Concrete resources given to one instance on one board.

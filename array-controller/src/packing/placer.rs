@@ -6,7 +6,6 @@
 
 use std::fmt;
 
-use api::instance::InstancePorts;
 use api::rack::Pinning;
 
 use super::resources::{self, BoardCapacity, BoardUsage, PORTS_PER_INSTANCE};
@@ -637,16 +636,7 @@ fn fit(board: &BoardState, req: &PlacementRequest, scale: &Scale) -> Result<(Pla
         let available = cap.cpus.iter().filter(|c| (c.big || !big) && usage.cpu_free(c) >= share).count();
         return Err(Reason::Cpus { big, needed, share, available });
     };
-    let placement = Placement {
-        board_id: board.id.clone(),
-        cpus,
-        millicores: req.millicores,
-        memory_mib: req.memory_mib,
-        gpu_slots: req.gpu_slots,
-        encoder_slots: req.encoder_slots,
-        ports: InstancePorts { adb: ports[0], stream: ports[1] },
-        group: req.anti_affinity.as_ref().map(|aa| aa.key.clone()),
-    };
+    let placement = req.placement(&board.id, cpus, [ports[0], ports[1]]);
     Ok((placement, Load::of(board, &usage, req, scale)))
 }
 

@@ -220,16 +220,7 @@ fn realise(
         };
         let mut cpus: Vec<u32> = set.iter().map(|&i| cap.cpus[i].id).collect();
         cpus.sort_unstable();
-        let p = Placement {
-            board_id: board.id.clone(),
-            cpus,
-            millicores: req.millicores,
-            memory_mib: req.memory_mib,
-            gpu_slots: req.gpu_slots,
-            encoder_slots: req.encoder_slots,
-            ports: api::instance::InstancePorts { adb: ports[0], stream: ports[1] },
-            group: req.anti_affinity.as_ref().map(|aa| aa.key.clone()),
-        };
+        let p = req.placement(&board.id, cpus, [ports[0], ports[1]]);
         usage.add(&p);
         board.placed.push(p.clone());
         made.push((j, p));

@@ -184,21 +184,22 @@ fn validate_key(key: &str) -> Result<(), RackError> {
 /// gets a new stream token, which its board applies before it reports the instance ready
 /// again: the player of the ended claim cannot reach the next one's session.
 fn end_claim(w: &mut Write<'_>, key: &str, state: ClaimState) -> Result<(), RackError> {
+    // Every statement cached: a release is as hot a path as a claim.
     let claim: Option<(String, String, String)> =
-        w.tx.query_row("SELECT instance_id, deployment_id, state FROM claims WHERE key = ?1", [key], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?;
+        w.tx.prepare_cached("SELECT instance_id, deployment_id, state FROM claims WHERE key = ?1")?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
     let Some((instance_id, deployment_id, current)) = claim else {
         return Err(RackError::not_found("claim", key));
     };
     if current != ClaimState::Active.as_str() {
         return Ok(());
     }
-    w.tx.execute(
-        "UPDATE claims SET state = ?2, ended_ms = ?3 WHERE key = ?1",
-        params![key, state.as_str(), w.now_ms as i64],
-    )?;
+    w.tx.prepare_cached("UPDATE claims SET state = ?2, ended_ms = ?3 WHERE key = ?1")?.execute(params![
+        key,
+        state.as_str(),
+        w.now_ms as i64
+    ])?;
     w.emit(RackEventBody::Claim {
         key: key.to_string(),
         deployment: deployment_id.clone(),
@@ -206,22 +207,23 @@ fn end_claim(w: &mut Write<'_>, key: &str, state: ClaimState) -> Result<(), Rack
         state,
     })?;
     let Some(row) = rows::instance(&w.tx, &instance_id)? else { return Ok(()) };
-    w.tx.execute("UPDATE instances SET claim_key = NULL, at_risk = 0 WHERE id = ?1", [&instance_id])?;
+    w.tx.prepare_cached("UPDATE instances SET claim_key = NULL, at_risk = 0 WHERE id = ?1")?
+        .execute([&instance_id])?;
     let deployment = rows::deployment(&w.tx, &deployment_id)?;
     let draining = row.state == InstanceState::Draining || deployment.is_none();
     if draining {
         set_instance(w, &row, InstanceState::Terminating, Some("released while draining".into()), false)?;
     } else if deployment.is_some_and(|d| d.reset == ResetPolicy::Fast) {
-        w.tx.execute(
+        w.tx.prepare_cached(
             "UPDATE instances SET reset_epoch = reset_epoch + 1, stream_token = ?2 WHERE id = ?1",
-            params![instance_id, rows::new_stream_token()],
-        )?;
+        )?
+        .execute(params![instance_id, rows::new_stream_token()])?;
         set_instance(w, &row, InstanceState::Recycling, Some("fast reset".into()), false)?;
     } else {
-        w.tx.execute(
+        w.tx.prepare_cached(
             "UPDATE instances SET generation = generation + 1, container_id = NULL, stream_token = ?2 WHERE id = ?1",
-            params![instance_id, rows::new_stream_token()],
-        )?;
+        )?
+        .execute(params![instance_id, rows::new_stream_token()])?;
         let row = rows::instance(&w.tx, &instance_id)?
             .ok_or_else(|| RackError::not_found("instance", &instance_id))?;
         set_instance(w, &row, InstanceState::Recycling, Some("recreating from the image".into()), false)?;

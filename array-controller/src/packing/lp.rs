@@ -27,8 +27,9 @@ impl Solution {
 
 /// Solves: maximise `sum y[j]` subject to `y[j] <= need[j]`, `y[j] <=` the instances of request
 /// `j` the chosen configurations hold, and at most `boards_per_class[t]` boards of class `t`;
-/// `columns[t]` lists the configurations of class `t`.
-pub fn solve(columns: &[Vec<Vec<u32>>], boards_per_class: &[usize], need: &[u32]) -> Solution {
+/// `columns[t]` lists the configurations of class `t`. `None` if the simplex does not finish
+/// (see [`solve_with_costs`]): the caller goes without the plan.
+pub fn solve(columns: &[Vec<Vec<u32>>], boards_per_class: &[usize], need: &[u32]) -> Option<Solution> {
     let costs: Vec<Vec<f64>> = columns.iter().map(|cs| vec![0.0; cs.len()]).collect();
     solve_with_costs(columns, boards_per_class, need, &costs)
 }
@@ -36,13 +37,15 @@ pub fn solve(columns: &[Vec<Vec<u32>>], boards_per_class: &[usize], need: &[u32]
 /// [`solve`], with `costs[t][c]` taken off the objective per board holding configuration `c`
 /// of class `t`. Small costs choose among the (many) ways of covering the same instances, which
 /// round differently; large ones may cover fewer. Simplex on a dense tableau with Bland's rule
-/// (no cycling, and the origin is feasible, so one phase).
+/// (no cycling, and the origin is feasible, so one phase). In floating point a pivot can still
+/// find no leaving row, or rounding can make it cycle: then, or after [`MAX_PIVOTS`], `None`.
+/// The controller packs with this: a numerical accident must cost the plan, not the pass.
 pub fn solve_with_costs(
     columns: &[Vec<Vec<u32>>],
     boards_per_class: &[usize],
     need: &[u32],
     costs: &[Vec<f64>],
-) -> Solution {
+) -> Option<Solution> {
     const EPS: f64 = 1e-9;
     let wanted: Vec<usize> = (0..need.len()).filter(|&j| need[j] > 0).collect();
     let vars: Vec<(usize, usize, &Vec<u32>)> = columns
@@ -87,7 +90,12 @@ pub fn solve_with_costs(
         tab[rows][nx + r] = -1.0;
     }
     let mut basis: Vec<usize> = (nx + ny..nx + ny + rows).collect();
+    let mut pivots = 0;
     while let Some(enter) = (0..rhs).find(|&j| tab[rows][j] < -EPS) {
+        pivots += 1;
+        if pivots > MAX_PIVOTS {
+            return None;
+        }
         let mut leave: Option<(usize, f64)> = None;
         for r in 0..rows {
             if tab[r][enter] > EPS {
@@ -101,8 +109,9 @@ pub fn solve_with_costs(
                 }
             }
         }
-        // Every y is bounded by its demand and every x by its class's boards.
-        let (pivot, _) = leave.expect("the configuration LP is bounded");
+        // Every y is bounded by its demand and every x by its class's boards, so only rounding
+        // error leaves no row.
+        let (pivot, _) = leave?;
         let p = tab[pivot][enter];
         tab[pivot].iter_mut().for_each(|x| *x /= p);
         let pivot_row = tab[pivot].clone();
@@ -125,8 +134,12 @@ pub fn solve_with_costs(
             placed += value;
         }
     }
-    Solution { placed, boards }
+    Some(Solution { placed, boards })
 }
+
+/// Pivots at most: far more than the LPs of a rack take (a few hundred), few enough to stay
+/// within a second.
+pub const MAX_PIVOTS: usize = 20_000;
 
 #[cfg(test)]
 mod tests {
@@ -136,7 +149,7 @@ mod tests {
     fn covers_the_demand_with_whole_boards_when_it_can() {
         // One class of 3 boards; a board holds 2 of request 0, or 1 of each.
         let columns = vec![vec![vec![2, 0], vec![1, 1]]];
-        let s = solve(&columns, &[3], &[4, 2]);
+        let s = solve(&columns, &[3], &[4, 2]).unwrap();
         assert!(s.covers(&[4, 2]), "{s:?}");
         assert!((s.boards[0][0] - 1.0).abs() < 1e-9 && (s.boards[0][1] - 2.0).abs() < 1e-9, "{s:?}");
     }
@@ -146,18 +159,18 @@ mod tests {
         // Two boards, each holds 1 of request 0 or 2 of request 1: demand 1 + 3 leaves half a
         // board's worth of request 1 uncovered.
         let columns = vec![vec![vec![1, 0], vec![0, 2]]];
-        let s = solve(&columns, &[2], &[1, 3]);
+        let s = solve(&columns, &[2], &[1, 3]).unwrap();
         assert!((s.placed - 3.5).abs() < 1e-9, "{s:?}");
         assert!(!s.covers(&[1, 3]));
         // Nothing wanted, nothing to cover.
-        assert_eq!(solve(&columns, &[2], &[0, 0]).placed, 0.0);
+        assert_eq!(solve(&columns, &[2], &[0, 0]).unwrap().placed, 0.0);
     }
 
     #[test]
     fn each_class_counts_its_own_boards() {
         // Class 0 (1 board) holds 3 of request 0; class 1 (2 boards) holds 1 of request 1.
         let columns = vec![vec![vec![3, 0]], vec![vec![0, 1]]];
-        let s = solve(&columns, &[1, 2], &[3, 3]);
+        let s = solve(&columns, &[1, 2], &[3, 3]).unwrap();
         assert!((s.placed - 5.0).abs() < 1e-9, "{s:?}");
         assert_eq!(s.boards, vec![vec![1.0], vec![2.0]]);
     }

@@ -76,7 +76,7 @@ fn place_within(
     let mut classes = configs::classes(boards, &requests);
     let columns = configs::columns(&mut classes, &need, &mut budget)?;
     let per_class: Vec<usize> = classes.iter().map(|c| c.boards.len()).collect();
-    let solution = lp::solve(&columns, &per_class, &need);
+    let solution = lp::solve(&columns, &per_class, &need)?;
     let most = (solution.placed + EPS).floor();
     let whole = dive(&columns, &per_class, &need, &solution).unwrap_or_else(|| {
         solution.boards.iter().map(|xs| xs.iter().map(|x| (x + EPS).floor() as usize).collect()).collect()
@@ -147,7 +147,7 @@ fn dive(
                 .map(|cs| cs.iter().map(|c| c.iter().zip(&l).map(|(&k, &n)| k.min(n)).collect()).collect())
                 .collect();
             solves += 1;
-            let s = lp::solve(&clipped, &b, &l);
+            let Some(s) = lp::solve(&clipped, &b, &l) else { continue };
             if (committed + gained) as f64 + s.placed >= target - EPS {
                 next = Some((commit, b, l, gained, s));
                 break;
@@ -345,7 +345,7 @@ mod tests {
         // Two classes: 2 boards holding [2, 0] or [1, 1], 1 board holding [0, 3] or [1, 2].
         let columns = vec![vec![vec![2, 0], vec![1, 1]], vec![vec![0, 3], vec![1, 2]]];
         let need = [3, 3];
-        let first = lp::solve(&columns, &[2, 1], &need);
+        let first = lp::solve(&columns, &[2, 1], &need).unwrap();
         assert!(first.covers(&need));
         let whole = dive(&columns, &[2, 1], &need, &first).expect("whole boards exist");
         assert!(whole[0].iter().sum::<usize>() <= 2 && whole[1].iter().sum::<usize>() <= 1);

@@ -495,7 +495,7 @@ impl Optimum {
     fn bound(&self, stream: &[usize], lo: usize, hi: usize) -> usize {
         largest_prefix(lo, hi, |n| {
             let need = demand(stream, n);
-            lp::solve(&self.configs, &self.per_class, &need).covers(&need)
+            lp::solve(&self.configs, &self.per_class, &need).expect("the LP solves").covers(&need)
         })
     }
 

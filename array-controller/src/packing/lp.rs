@@ -31,20 +31,21 @@ impl Solution {
 /// (see [`solve_with_costs`]): the caller goes without the plan.
 pub fn solve(columns: &[Vec<Vec<u32>>], boards_per_class: &[usize], need: &[u32]) -> Option<Solution> {
     let costs: Vec<Vec<f64>> = columns.iter().map(|cs| vec![0.0; cs.len()]).collect();
-    solve_with_costs(columns, boards_per_class, need, &costs)
+    solve_with_costs(columns, boards_per_class, need, &costs, MAX_PIVOTS)
 }
 
 /// [`solve`], with `costs[t][c]` taken off the objective per board holding configuration `c`
 /// of class `t`. Small costs choose among the (many) ways of covering the same instances, which
 /// round differently; large ones may cover fewer. Simplex on a dense tableau with Bland's rule
 /// (no cycling, and the origin is feasible, so one phase). In floating point a pivot can still
-/// find no leaving row, or rounding can make it cycle: then, or after [`MAX_PIVOTS`], `None`.
+/// find no leaving row, or rounding can make it cycle: then, or after `max_pivots`, `None`.
 /// The controller packs with this: a numerical accident must cost the plan, not the pass.
 pub fn solve_with_costs(
     columns: &[Vec<Vec<u32>>],
     boards_per_class: &[usize],
     need: &[u32],
     costs: &[Vec<f64>],
+    max_pivots: usize,
 ) -> Option<Solution> {
     const EPS: f64 = 1e-9;
     let wanted: Vec<usize> = (0..need.len()).filter(|&j| need[j] > 0).collect();
@@ -93,7 +94,7 @@ pub fn solve_with_costs(
     let mut pivots = 0;
     while let Some(enter) = (0..rhs).find(|&j| tab[rows][j] < -EPS) {
         pivots += 1;
-        if pivots > MAX_PIVOTS {
+        if pivots > max_pivots {
             return None;
         }
         let mut leave: Option<(usize, f64)> = None;
@@ -164,6 +165,16 @@ mod tests {
         assert!(!s.covers(&[1, 3]));
         // Nothing wanted, nothing to cover.
         assert_eq!(solve(&columns, &[2], &[0, 0]).unwrap().placed, 0.0);
+    }
+
+    #[test]
+    fn a_simplex_that_does_not_finish_gives_no_solution() {
+        let columns = vec![vec![vec![2, 0], vec![1, 1]]];
+        let costs = vec![vec![0.0; 2]];
+        assert_eq!(solve_with_costs(&columns, &[3], &[4, 2], &costs, 0), None);
+        assert!(
+            solve_with_costs(&columns, &[3], &[4, 2], &costs, MAX_PIVOTS).is_some_and(|s| s.covers(&[4, 2]))
+        );
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //!
 //! Measured (`bench_claims --rate 2000`, claims offered open loop, alternating runs on this
 //! machine, quiet disk): claim p99 2.3-4.5 ms with the thread against 5.6-10.7 ms with
-//! SQLite's own checkpoints; a checkpoint every 500 ms without the log syncs made it worse (15-17 ms), its
-//! one big sync stalling the writer's log appends.
+//! SQLite's own checkpoints; a checkpoint every 500 ms without the log syncs made it worse
+//! (15-17 ms), its one big sync stalling the writer's log appends.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

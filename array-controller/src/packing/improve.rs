@@ -16,8 +16,8 @@
 //! and deterministic: the same rack and demand give the same placements.
 
 use super::BoardState;
-use super::placer::{Batch, Fitting, Policy, settle};
-use super::{Placement, PlacementRequest};
+use super::PlacementRequest;
+use super::placer::{Batch, Fitting, Policy, put, settle};
 
 /// Rounds of ruin and recreate at most.
 pub const ROUNDS: usize = 1000;
@@ -108,7 +108,7 @@ pub fn improve(
         }
         for j in todo {
             if let Ok(p) = fitting.choose(boards, &demand[j].0) {
-                put(boards, &mut batches[j], p);
+                put(boards, &mut batches[j].placed, p);
             }
         }
         let now = placed(batches);
@@ -125,13 +125,6 @@ pub fn improve(
         batches.clone_from_slice(&best.2);
     }
     settle(boards, demand, batches, policy);
-}
-
-/// Records a placement on its board and in its request's batch.
-fn put(boards: &mut [BoardState], batch: &mut Batch, p: Placement) {
-    let board = boards.iter_mut().find(|b| b.id == p.board_id).expect("placed on a board of the rack");
-    board.placed.push(p.clone());
-    batch.placed.push(p);
 }
 
 #[cfg(test)]

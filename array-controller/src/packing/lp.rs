@@ -28,23 +28,19 @@ impl Solution {
 /// Solves: maximise `sum y[j]` subject to `y[j] <= need[j]`, `y[j] <=` the instances of request
 /// `j` the chosen configurations hold, and at most `boards_per_class[t]` boards of class `t`;
 /// `columns[t]` lists the configurations of class `t`. `None` if the simplex does not finish
-/// (see [`solve_with_costs`]): the caller goes without the plan.
+/// (see [`solve_within`]): the caller goes without the plan.
 pub fn solve(columns: &[Vec<Vec<u32>>], boards_per_class: &[usize], need: &[u32]) -> Option<Solution> {
-    let costs: Vec<Vec<f64>> = columns.iter().map(|cs| vec![0.0; cs.len()]).collect();
-    solve_with_costs(columns, boards_per_class, need, &costs, MAX_PIVOTS)
+    solve_within(columns, boards_per_class, need, MAX_PIVOTS)
 }
 
-/// [`solve`], with `costs[t][c]` taken off the objective per board holding configuration `c`
-/// of class `t`. Small costs choose among the (many) ways of covering the same instances, which
-/// round differently; large ones may cover fewer. Simplex on a dense tableau with Bland's rule
+/// [`solve`] in at most `max_pivots` pivots. Simplex on a dense tableau with Bland's rule
 /// (no cycling, and the origin is feasible, so one phase). In floating point a pivot can still
 /// find no leaving row, or rounding can make it cycle: then, or after `max_pivots`, `None`.
 /// The controller packs with this: a numerical accident must cost the plan, not the pass.
-pub fn solve_with_costs(
+fn solve_within(
     columns: &[Vec<Vec<u32>>],
     boards_per_class: &[usize],
     need: &[u32],
-    costs: &[Vec<f64>],
     max_pivots: usize,
 ) -> Option<Solution> {
     const EPS: f64 = 1e-9;
@@ -83,10 +79,7 @@ pub fn solve_with_costs(
     for (r, row) in tab.iter_mut().take(rows).enumerate() {
         row[nx + ny + r] = 1.0;
     }
-    // The objective row holds the negated objective: -1 per y, +cost per configuration.
-    for (v, (t, c, _)) in vars.iter().enumerate() {
-        tab[rows][v] = costs[*t][*c];
-    }
+    // The objective row holds the negated objective: -1 per y (configurations cost nothing).
     for r in 0..ny {
         tab[rows][nx + r] = -1.0;
     }
@@ -170,11 +163,8 @@ mod tests {
     #[test]
     fn a_simplex_that_does_not_finish_gives_no_solution() {
         let columns = vec![vec![vec![2, 0], vec![1, 1]]];
-        let costs = vec![vec![0.0; 2]];
-        assert_eq!(solve_with_costs(&columns, &[3], &[4, 2], &costs, 0), None);
-        assert!(
-            solve_with_costs(&columns, &[3], &[4, 2], &costs, MAX_PIVOTS).is_some_and(|s| s.covers(&[4, 2]))
-        );
+        assert_eq!(solve_within(&columns, &[3], &[4, 2], 0), None);
+        assert!(solve_within(&columns, &[3], &[4, 2], MAX_PIVOTS).is_some_and(|s| s.covers(&[4, 2])));
     }
 
     #[test]

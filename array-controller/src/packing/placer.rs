@@ -144,12 +144,7 @@ pub fn place_many(
     let mut placed = Vec::with_capacity(count);
     for _ in 0..count {
         match place(boards, request, policy) {
-            Ok(p) => {
-                if let Some(board) = boards.iter_mut().find(|b| b.id == p.board_id) {
-                    board.placed.push(p.clone());
-                }
-                placed.push(p);
-            }
+            Ok(p) => put(boards, &mut placed, p),
             Err(no_fit) => return Batch { placed, failure: Some(no_fit) },
         }
     }
@@ -234,12 +229,7 @@ pub(super) fn settle(
         batch.failure = None;
         while batch.placed.len() < *wanted {
             match choose(boards, req, &scale, None, |load| load.score(policy)) {
-                Ok(p) => {
-                    if let Some(board) = boards.iter_mut().find(|b| b.id == p.board_id) {
-                        board.placed.push(p.clone());
-                    }
-                    batch.placed.push(p);
-                }
+                Ok(p) => put(boards, &mut batch.placed, p),
                 Err(no_fit) => {
                     batch.failure = Some(no_fit);
                     break;
@@ -247,6 +237,14 @@ pub(super) fn settle(
             }
         }
     }
+}
+
+/// Records placement `p` on its board (one of `boards`, where it was chosen) and in `placed`.
+pub(super) fn put(boards: &mut [BoardState], placed: &mut Vec<Placement>, p: Placement) {
+    if let Some(board) = boards.iter_mut().find(|b| b.id == p.board_id) {
+        board.placed.push(p.clone());
+    }
+    placed.push(p);
 }
 
 /// The passes of [`place_all`] without the plan and the search: the best of them, applied to
@@ -422,12 +420,7 @@ fn run_pass(boards: &mut [BoardState], demand: &[(PlacementRequest, usize)], pas
                 Fit::AlignLeft => load.left * (1.0 - load.alignment()),
             });
             match placed {
-                Ok(p) => {
-                    if let Some(board) = boards.iter_mut().find(|b| b.id == p.board_id) {
-                        board.placed.push(p.clone());
-                    }
-                    batches[next].placed.push(p);
-                }
+                Ok(p) => put(boards, &mut batches[next].placed, p),
                 Err(no_fit) => match make_room(boards, demand, &mut batches, next, &scale) {
                     Some(p) => batches[next].placed.push(p),
                     None => batches[next].failure = Some(no_fit),

@@ -23,6 +23,7 @@ pub mod adb;
 pub mod board;
 pub mod broker;
 pub mod controller;
+pub mod cpu;
 pub mod docker;
 pub mod metrics;
 pub mod pace;

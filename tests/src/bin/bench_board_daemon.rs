@@ -290,20 +290,6 @@ fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// utime + stime of `pid` in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the daemon's /proc stat");
-    // Fields after the command name (which may contain spaces) start at field 3 (state).
-    let rest = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| fields[n - 3].parse::<u64>().expect("numeric stat field");
-    field(14) + field(15)
-}
-
-fn clock_ticks_per_second() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().map_or(100, |v| v as u64)
-}
-
 fn daemon_binary() -> (PathBuf, &'static str) {
     if let Some(path) = binary_in_profile("board-daemon", "release") {
         return (path, "release");
@@ -404,13 +390,13 @@ async fn main() {
     .await;
     let pid = bench.daemon.pid();
     let (rss_start_kib, _) = memory_kib(pid);
-    let ticks_per_second = clock_ticks_per_second();
-    let ticks_before = cpu_ticks(pid);
+    let ticks_per_second = e2e::cpu::ticks_per_second();
+    let ticks_before = e2e::cpu::process_ticks(pid).expect("the daemon's /proc stat");
     let idle_started = Instant::now();
     println!("idle: {n} instances ready; measuring the daemon's CPU for {} s ...", args.idle_seconds);
     // The measurement itself is a wait: the daemon is left alone with its instances.
     tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
-    let ticks = cpu_ticks(pid) - ticks_before;
+    let ticks = e2e::cpu::process_ticks(pid).expect("the daemon's /proc stat") - ticks_before;
     let elapsed = idle_started.elapsed().as_secs_f64();
     let (rss_end_kib, hwm_kib) = memory_kib(pid);
     let status = bench.daemon.client.status().await;

@@ -40,7 +40,9 @@
 //! both racks carry the same load (replacements included) as with sessions. The difference is
 //! the broker's own cost: the extra HTTP hop, the scheduler's decision and the session's SQLite
 //! writes. Also reported: the CPU time each process spent per placement during the timed rounds
-//! (`bench` is this program: the HTTP client and the simulated boards).
+//! (`bench` is this program: the HTTP client and the simulated boards), and how the machine's
+//! cores were spent meanwhile: busy, idle, and stolen by the hypervisor (on a shared VM the
+//! steal share moves the figures from one run to the next).
 //!
 //! The services log at `warn` into a temporary directory (`BENCH_RUST_LOG` sets their
 //! `RUST_LOG`).
@@ -58,6 +60,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use e2e::cpu::{self, MachineTicks};
 use e2e::process::{Process, binary_in_profile};
 use e2e::simboards::{self, SimResources};
 use e2e::{free_port, scratch::TestDir};
@@ -208,6 +211,8 @@ struct Phase {
     by_rack: BTreeMap<String, usize>,
     /// CPU time (user + system) of each process during the timed rounds.
     cpu: BTreeMap<String, Duration>,
+    /// How the machine's cores were spent during the timed rounds.
+    machine: MachineTicks,
 }
 
 impl Phase {
@@ -235,6 +240,12 @@ impl Phase {
         self.cpu.iter().map(|(name, t)| (name.clone(), t.as_secs_f64() * 1000.0 / n)).collect()
     }
 
+    /// The machine's cores during the timed rounds: busy, idle and stolen by the hypervisor.
+    fn machine_json(&self) -> Value {
+        let (busy, idle, steal) = self.machine.percentages();
+        json!({"busy": busy, "idle": idle, "steal": steal})
+    }
+
     fn mean(&self) -> f64 {
         self.latencies.iter().map(Duration::as_secs_f64).sum::<f64>() * 1000.0 / self.ok().max(1) as f64
     }
@@ -255,6 +266,7 @@ impl Phase {
             "per_second": self.per_second(),
             "timed_wall_s": self.wall.as_secs_f64(),
             "cpu_ms_per_placement": self.cpu_per_placement(),
+            "machine_percent": self.machine_json(),
         })
     }
 }
@@ -475,13 +487,22 @@ async fn main() -> anyhow::Result<()> {
         "CPU ms per placement during the timed rounds ({} cores; bench = client + simulated boards):",
         machine_cpus()
     );
-    println!("{:<24} {:>7} {}", "", "load", names.iter().map(|n| format!("{n:>16}")).collect::<String>());
+    println!(
+        "{:<24} {:>7} {}   machine busy/idle/steal %",
+        "",
+        "load",
+        names.iter().map(|n| format!("{n:>16}")).collect::<String>()
+    );
     for (target, load, phase) in &results {
         let cpu = phase.cpu_per_placement();
         let cells: String =
             names.iter().map(|n| format!("{:>16.2}", cpu.get(n).copied().unwrap_or(0.0))).collect();
-        println!("{:<24} {:>7} {cells}", target.name(), load.label());
+        let (busy, idle, steal) = phase.machine.percentages();
+        println!("{:<24} {:>7} {cells}   {busy:>4.0} {idle:>4.0} {steal:>4.0}", target.name(), load.label());
     }
+    println!(
+        "(steal: time the hypervisor gave this VM's cores to others; it varies from run to run and so do the figures)"
+    );
     let find =
         |t: Target, l: Load| results.iter().find(|(tt, ll, _)| *tt == t && *ll == l).map(|r| &r.2).unwrap();
     let (seq, seq_raw) = (find(Target::Session, seq_load), find(Target::RawClaim, seq_load));
@@ -567,7 +588,7 @@ async fn main() -> anyhow::Result<()> {
 impl Bench {
     /// CPU time (user + system) so far of each counted process.
     fn cpu_times(&self) -> Vec<(String, Duration)> {
-        self.processes.iter().map(|(name, pid)| (name.clone(), cpu_time(*pid))).collect()
+        self.processes.iter().map(|(name, pid)| (name.clone(), cpu::process_time(*pid))).collect()
     }
 
     /// `count` placements on `target` from `concurrency` clients, in rounds of at most [`ROUND`].
@@ -582,8 +603,10 @@ impl Bench {
         while done < count {
             let round = ROUND.min(count - done);
             let cpu_before = self.cpu_times();
+            let machine_before = MachineTicks::now();
             let (outcomes, wall) = self.round(target, &tag, done, round, load).await;
             phase.wall += wall;
+            phase.machine.add(&MachineTicks::now().since(&machine_before));
             for ((name, after), (_, before)) in self.cpu_times().into_iter().zip(cpu_before) {
                 *phase.cpu.entry(name).or_default() += after.saturating_sub(before);
             }
@@ -830,22 +853,6 @@ async fn raw_claim(
 
 fn machine_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
-}
-
-/// CPU time (utime + stime) of `pid` so far; zero when it cannot be read.
-fn cpu_time(pid: u32) -> Duration {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return Duration::ZERO;
-    };
-    // Fields after the command name (which may contain spaces) start at field 3 (state).
-    let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
-        return Duration::ZERO;
-    };
-    let fields: Vec<u64> = rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
-    let ticks = fields.get(14 - 3).copied().unwrap_or(0) + fields.get(15 - 3).copied().unwrap_or(0);
-    let per_second =
-        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().map_or(100, |v| v as u64);
-    Duration::from_secs_f64(ticks as f64 / per_second as f64)
 }
 
 /// Sends `request` and returns its JSON answer; an error status is an error naming the body.

@@ -15,10 +15,10 @@ pub async fn claim(
 ) -> Result<(StatusCode, Json<ClaimView>), HttpError> {
     auth::operator_or_broker(&s.rack, &headers, "claim instances")?;
     let JsonBody(request) = body?;
-    let rack = s.rack.clone();
-    // A claim is a short SQLite transaction; keep it off the async workers' hot path.
-    let view =
-        tokio::task::spawn_blocking(move || rack.claim(request)).await.map_err(HttpError::internal)??;
+    // On the async worker, like every other short transaction here: handing a claim to the
+    // blocking pool cost two thread switches, more than the claim itself (bench_sessions: both
+    // controllers' CPU per placement 0.36-0.47 ms with the hand-off, 0.31-0.35 ms without).
+    let view = s.rack.claim(request)?;
     Ok((StatusCode::OK, Json(view)))
 }
 

@@ -24,7 +24,12 @@
 //!
 //! Measured in rounds of at most 256 placements, so warm capacity never runs out: a round places
 //! its sessions (timed), then ends them all (`DELETE`, not timed) and waits, not timed, until the
-//! broker sees every rack's warm stock back where it started.
+//! broker sees every rack's warm stock back where it started and every rack has settled (pool
+//! back at its size, every instance ready: the ended sessions' instances recycled and the
+//! surplus replacements removed). A round thus measures its placements and the work they cause
+//! (each claim's replacement), not the clean-up of the round before; ending sessions is not
+//! measured at all (in a steady state at this rate the platform ends as many sessions as it
+//! starts, and that work would share the cores too).
 //! 1. Sequential: N placements one at a time, each timed (latency percentiles).
 //! 2. Concurrent: N placements from C clients at once (default 32); sessions/s is the count over
 //!    the summed wall time of the rounds; latency under load as well. This is the capacity.
@@ -426,6 +431,7 @@ async fn main() -> anyhow::Result<()> {
     let target: BTreeMap<String, u32> =
         RACKS.iter().map(|(r, _, _)| (r.to_string(), WARM_PER_REGION)).collect();
     bench.warm_at_start = bench.wait_warm(&target, Duration::from_secs(180)).await?;
+    bench.wait_settled(Duration::from_secs(60)).await?;
     println!(
         "setup: 2 racks x {BOARDS_PER_RACK} simulated boards x {} slots; warm stock {:?}, ready {:.1} s after the start \
          (broker {broker_build}, controllers {controller_build})",
@@ -634,6 +640,7 @@ impl Bench {
             }
             self.end_all(target, handles, 32).await?;
             self.wait_warm(&self.warm_at_start, Duration::from_secs(60)).await?;
+            self.wait_settled(Duration::from_secs(60)).await?;
             done += round;
         }
         Ok(phase)
@@ -744,6 +751,34 @@ impl Bench {
         }
         for worker in workers {
             worker.await??;
+        }
+        Ok(())
+    }
+
+    /// Waits until every rack has settled: its pool of the game at the size it had before any
+    /// placement (the warm target, nothing claimed) and every instance of it ready, so nothing
+    /// is being started, recycled or removed. The clean-up of a round (ended sessions' instances
+    /// recycled, the replacements made surplus removed) is then over before the next round.
+    async fn wait_settled(&self, timeout: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        for (rack, url) in self.controllers.iter() {
+            loop {
+                let view = call(
+                    self.client.get(format!("{url}/v1/deployments/{DEPLOYMENT}")).bearer_auth(OPERATOR_TOKEN),
+                )
+                .await?;
+                let pool = view["spec"]["pool_size"].as_u64().unwrap_or(0);
+                let by_state = view["instances"].as_object().context("deployment view without instances")?;
+                let ready = by_state.get("ready").and_then(Value::as_u64).unwrap_or(0);
+                let total: u64 = by_state.values().filter_map(Value::as_u64).sum();
+                if pool == u64::from(WARM_PER_REGION) && ready == pool && total == pool {
+                    break;
+                }
+                if started.elapsed() > timeout {
+                    bail!("after {timeout:?} rack {rack} has not settled: pool size {pool}, instances {by_state:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         Ok(())
     }

@@ -775,7 +775,9 @@ impl Bench {
                     break;
                 }
                 if started.elapsed() > timeout {
-                    bail!("after {timeout:?} rack {rack} has not settled: pool size {pool}, instances {by_state:?}");
+                    bail!(
+                        "after {timeout:?} rack {rack} has not settled: pool size {pool}, instances {by_state:?}"
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

@@ -38,20 +38,20 @@ impl Rack {
                 }
                 return Ok(existing);
             }
-            if rows::deployment(&w.tx, &request.deployment)?.is_none() {
+            if !rows::deployment_exists(&w.tx, &request.deployment)? {
                 return Err(RackError::not_found("deployment", &request.deployment));
             }
             // The longest-ready instance on a reachable board.
-            let instance: Option<(String, String)> = w
+            let instance: Option<(String, String, i64)> = w
                 .tx
                 .prepare_cached(
-                    "SELECT i.id, i.board_id FROM instances i JOIN boards b ON b.id = i.board_id
+                    "SELECT i.id, i.board_id, i.generation FROM instances i JOIN boards b ON b.id = i.board_id
                      WHERE i.deployment_id = ?1 AND i.state = 'ready' AND b.reachable = 1 AND b.state = 'ready'
                      ORDER BY i.state_since_ms LIMIT 1",
                 )?
-                .query_row([&request.deployment], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row([&request.deployment], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
-            let Some((instance_id, board_id)) = instance else {
+            let Some((instance_id, board_id, generation)) = instance else {
                 return Err(RackError::conflict(
                     "no_ready_instance",
                     format!("deployment {:?} has no ready instance in this rack right now", request.deployment),
@@ -65,13 +65,12 @@ impl Rack {
             .execute(params![request.key, request.deployment, instance_id, board_id, expires as i64, w.now_ms as i64])?;
             w.tx.prepare_cached("UPDATE instances SET state = 'claimed', claim_key = ?2, state_since_ms = ?3 WHERE id = ?1")?
                 .execute(params![instance_id, request.key, w.now_ms as i64])?;
-            let row = rows::instance(&w.tx, &instance_id)?.ok_or_else(|| RackError::not_found("instance", &instance_id))?;
             w.emit(RackEventBody::Instance {
                 instance: instance_id.clone(),
                 deployment: request.deployment.clone(),
                 board: board_id.clone(),
                 state: InstanceState::Claimed,
-                generation: row.generation,
+                generation: generation as u64,
                 reason: None,
                 at_risk: false,
             })?;
@@ -391,6 +390,28 @@ pub(crate) mod tests {
         let again = rack.claim(request(&won[0].key)).unwrap();
         assert_eq!(again.instance, won[0].instance);
         assert_eq!(again.host, "10.0.0.1");
+    }
+
+    #[test]
+    fn a_claim_names_a_deployment_that_exists_and_its_event_carries_the_generation() {
+        let (_dir, rack) = rack_with_ready(1);
+        let unknown = ClaimRequest { deployment: "nope".into(), ..request("s0") };
+        assert!(matches!(rack.claim(unknown), Err(RackError::NotFound { .. })));
+        // An instance at generation 3 (recreated twice before) is claimed as generation 3.
+        rack.write(|w| Ok::<_, RackError>(w.tx.execute("UPDATE instances SET generation = 3", [])?)).unwrap();
+        let claim = rack.claim(request("s1")).unwrap();
+        let events = crate::events::read_after(&rack.db, 0, 100).unwrap();
+        let claimed: Vec<u64> =
+            events
+                .iter()
+                .filter_map(|e| match &e.body {
+                    RackEventBody::Instance {
+                        instance, state: InstanceState::Claimed, generation, ..
+                    } if *instance == claim.instance => Some(*generation),
+                    _ => None,
+                })
+                .collect();
+        assert_eq!(claimed, vec![3]);
     }
 
     #[test]

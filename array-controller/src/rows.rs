@@ -225,6 +225,11 @@ pub fn deployment(conn: &Connection, id: &str) -> Result<Option<DeploymentSpec>,
     Ok(spec.map(|s| serde_json::from_str(&s)).transpose()?)
 }
 
+/// Whether deployment `id` exists (without reading its spec).
+pub fn deployment_exists(conn: &Connection, id: &str) -> Result<bool, DbError> {
+    Ok(conn.prepare_cached("SELECT 1 FROM deployments WHERE id = ?1")?.exists([id])?)
+}
+
 pub fn deployments(conn: &Connection) -> Result<Vec<(String, DeploymentSpec)>, DbError> {
     let mut stmt = conn.prepare_cached("SELECT id, spec FROM deployments ORDER BY id")?;
     let rows = stmt.query_map([], |r| {

@@ -30,9 +30,14 @@ impl Rack {
         let mut changes = self.watch_desired(board_id);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let desired = self.desired_state(board_id)?;
-            if desired.generation > after {
-                return Ok(Some(desired));
+            // The generation first: a poll that finds nothing newer (every poll a board makes
+            // right after its report) then costs one small read, not a whole desired state.
+            let generation = self
+                .db
+                .read(|conn| rows::desired_generation(conn, board_id))?
+                .ok_or_else(|| RackError::not_found("board", board_id))?;
+            if generation > after {
+                return Ok(Some(self.desired_state(board_id)?));
             }
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return Ok(None) },
@@ -107,6 +112,33 @@ pub fn instance_spec(
 #[cfg(test)]
 mod tests {
     use crate::claims::tests::{rack_with_ready, request, token_of};
+
+    #[tokio::test]
+    async fn a_long_poll_answers_only_a_newer_generation() {
+        let (_dir, rack) = rack_with_ready(2);
+        let now = rack.desired_state("b1").unwrap();
+        let short = std::time::Duration::from_millis(50);
+        let older = rack.wait_desired("b1", now.generation - 1, short).await.unwrap();
+        assert_eq!(older.map(|d| d.instances.len()), Some(2));
+        assert!(rack.wait_desired("b1", now.generation, short).await.unwrap().is_none(), "nothing newer");
+        // A change while the poll waits answers it with the new state.
+        let rack = std::sync::Arc::new(rack);
+        let waiting = {
+            let rack = rack.clone();
+            tokio::spawn(async move {
+                rack.wait_desired("b1", now.generation, std::time::Duration::from_secs(5)).await
+            })
+        };
+        tokio::time::sleep(short).await;
+        rack.claim(request("s1")).unwrap();
+        rack.release("s1").unwrap();
+        let newer = waiting.await.unwrap().unwrap().expect("the release changed the desired state");
+        assert!(newer.generation > now.generation);
+        assert!(matches!(
+            rack.wait_desired("nope", 0, short).await,
+            Err(crate::error::RackError::NotFound { .. })
+        ));
+    }
 
     #[test]
     fn the_desired_state_carries_each_instances_current_stream_token() {

@@ -44,7 +44,7 @@ impl Rack {
                 w.emit(RackEventBody::BoardReport { board: board_id.to_string(), entry: entry.clone() })?;
             }
             if journal_seq != board.journal_seq {
-                w.tx.execute("UPDATE boards SET journal_seq = ?2 WHERE id = ?1", params![board_id, journal_seq as i64])?;
+                w.tx.prepare_cached("UPDATE boards SET journal_seq = ?2 WHERE id = ?1")?.execute(params![board_id, journal_seq as i64])?;
             }
             let reports: HashMap<&str, &api::InstanceStatus> =
                 heartbeat.instances.iter().map(|s| (s.id.as_str(), s)).collect();
@@ -56,7 +56,7 @@ impl Rack {
                     && report.generation == row.generation
                     && report.container_id != row.container_id
                 {
-                    w.tx.execute("UPDATE instances SET container_id = ?2 WHERE id = ?1", params![row.id, report.container_id])?;
+                    w.tx.prepare_cached("UPDATE instances SET container_id = ?2 WHERE id = ?1")?.execute(params![row.id, report.container_id])?;
                 }
                 if row.at_risk {
                     // The board is back: the session is no longer at risk.
@@ -66,7 +66,7 @@ impl Rack {
                     Transition::Stay => {}
                     Transition::To(state, reason) => set_instance(w, &row, state, reason, false)?,
                     Transition::Remove => {
-                        w.tx.execute("DELETE FROM instances WHERE id = ?1", [&row.id])?;
+                        w.tx.prepare_cached("DELETE FROM instances WHERE id = ?1")?.execute([&row.id])?;
                         pools_changed = true;
                     }
                 }

@@ -62,6 +62,15 @@ pub fn boards(conn: &Connection) -> Result<Vec<BoardRow>, DbError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// A board's desired generation (`None`: no such board), without reading the rest of its row.
+pub fn desired_generation(conn: &Connection, board_id: &str) -> Result<Option<u64>, DbError> {
+    Ok(conn
+        .prepare_cached("SELECT desired_generation FROM boards WHERE id = ?1")?
+        .query_row([board_id], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|g| g as u64))
+}
+
 pub fn board_by_credential(conn: &Connection, credential_hash: &str) -> Result<Option<String>, DbError> {
     Ok(conn
         .prepare_cached("SELECT id FROM boards WHERE credential_hash = ?1")?

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod checkpoint;
 pub mod files;
 pub mod http_error;
+pub mod listener;
 pub mod metrics;
 pub mod settings;
 pub mod shutdown;

@@ -82,14 +82,7 @@ pub async fn run(
     let state = http::AppState { broker: broker.clone(), registry: Arc::new(registry) };
     tracing::info!(addr = %listener.local_addr().map_err(RunError::Serve)?, "session broker listening");
     let stop = cancel.clone();
-    // Answers and event-stream frames go out at once: without TCP_NODELAY, Nagle's algorithm
-    // holds a small write while an earlier one is unacknowledged.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY on a connection");
-        }
-    });
-    let served = axum::serve(listener, http::router(state))
+    let served = axum::serve(service_kit::listener::no_delay(listener), http::router(state))
         .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = shutdown => {}

@@ -2,7 +2,7 @@
 //! same data directory and port), a typed client for its API, a server-sent-events reader, and
 //! board daemons started in controller mode.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use api::rack::{
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use session_broker::racks::sse::{SseDecoder, SseEvent};
 
 use crate::board::{BoardConfig, BoardDaemon, TestBoard};
 use crate::docker::SIM_IMAGE;
@@ -321,7 +322,7 @@ impl ControllerClient {
         let content_type =
             response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         assert!(content_type.starts_with("text/event-stream"), "GET /v1/events content-type {content_type}");
-        EventStream { response, buffer: String::new() }
+        EventStream { response, decoder: SseDecoder::default(), ready: VecDeque::new() }
     }
 
     /// Every event after `after` that the log holds now: reads the stream until it has been
@@ -336,18 +337,11 @@ impl ControllerClient {
     }
 }
 
-/// One server-sent event.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SseEvent {
-    pub event: String,
-    pub id: Option<String>,
-    pub data: String,
-}
-
 /// A live `GET /v1/events` answer read event by event. Dropping it disconnects.
 pub struct EventStream {
     response: reqwest::Response,
-    buffer: String,
+    decoder: SseDecoder,
+    ready: VecDeque<SseEvent>,
 }
 
 impl EventStream {
@@ -356,41 +350,21 @@ impl EventStream {
     pub async fn next(&mut self, timeout: Duration) -> Option<SseEvent> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = SseEvent { event: "message".into(), ..SseEvent::default() };
-                let mut any = false;
-                for line in block.lines() {
-                    if let Some(value) = line.strip_prefix("event:") {
-                        event.event = value.trim_start().to_string();
-                        any = true;
-                    } else if let Some(value) = line.strip_prefix("id:") {
-                        event.id = Some(value.trim_start().to_string());
-                    } else if let Some(value) = line.strip_prefix("data:") {
-                        if !event.data.is_empty() {
-                            event.data.push('\n');
-                        }
-                        event.data.push_str(value.strip_prefix(' ').unwrap_or(value));
-                        any = true;
-                    }
-                }
-                if any {
-                    return Some(event);
-                }
-                continue;
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event);
             }
             let chunk = match tokio::time::timeout_at(deadline, self.response.chunk()).await {
                 Ok(Ok(Some(chunk))) => chunk,
                 _ => return None,
             };
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk).replace("\r\n", "\n"));
+            self.ready.extend(self.decoder.feed(&chunk));
         }
     }
 
     /// The next `rack` event, parsed; its SSE id must be its sequence. Panics on a `gap`.
     pub async fn next_rack_event(&mut self, timeout: Duration) -> Option<RackEvent> {
         let event = self.next(timeout).await?;
-        assert_eq!(event.event, "rack", "unexpected event {event:?}");
+        assert_eq!(event.name, "rack", "unexpected event {event:?}");
         let rack: RackEvent = serde_json::from_str(&event.data)
             .unwrap_or_else(|e| panic!("event data is not a RackEvent ({e}): {event:?}"));
         assert_eq!(event.id, Some(rack.seq.to_string()), "the SSE id is the sequence: {event:?}");

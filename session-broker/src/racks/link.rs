@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::broker::Broker;
 use crate::racks::client::Target;
 use crate::racks::registry::InstanceEntry;
+use crate::racks::sse::{SseDecoder, SseEvent};
 
 /// Silence on the stream this long means the connection is dead (the controller sends
 /// keep-alives far more often).
@@ -75,21 +76,19 @@ async fn stream_once(broker: &Arc<Broker>, rack: &str, target: &Target) -> Resul
     });
     tracing::info!(rack, after, "following the rack's events");
     broker.capacity_changed.notify_one();
-    let mut buffer = String::new();
+    let mut decoder = SseDecoder::default();
     loop {
         let chunk = tokio::select! {
             _ = broker.shutdown.cancelled() => return Ok(()),
             chunk = tokio::time::timeout_at(Instant::now() + STREAM_SILENCE, response.chunk()) => chunk,
         };
-        match chunk {
-            Ok(Ok(Some(bytes))) => buffer.push_str(&String::from_utf8_lossy(&bytes).replace("\r\n", "\n")),
+        let events = match chunk {
+            Ok(Ok(Some(bytes))) => decoder.feed(&bytes),
             Ok(Ok(None)) => return Ok(()),
             Ok(Err(e)) => return Err(e.to_string()),
             Err(_) => return Err("the stream went silent".into()),
-        }
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let (name, data) = parse_block(&block);
+        };
+        for SseEvent { name, data, .. } in events {
             match name.as_str() {
                 "rack" => match serde_json::from_str::<RackEvent>(&data) {
                     Ok(event) => apply(broker, rack, event),
@@ -100,23 +99,6 @@ async fn stream_once(broker: &Arc<Broker>, rack: &str, target: &Target) -> Resul
             }
         }
     }
-}
-
-/// The event name and data of one SSE block (comments ignored).
-fn parse_block(block: &str) -> (String, String) {
-    let mut name = String::from("message");
-    let mut data = String::new();
-    for line in block.lines() {
-        if let Some(v) = line.strip_prefix("event:") {
-            name = v.trim().to_string();
-        } else if let Some(v) = line.strip_prefix("data:") {
-            if !data.is_empty() {
-                data.push('\n');
-            }
-            data.push_str(v.strip_prefix(' ').unwrap_or(v));
-        }
-    }
-    (name, data)
 }
 
 fn apply(broker: &Broker, rack: &str, event: RackEvent) {
@@ -189,18 +171,4 @@ async fn resnapshot(broker: &Broker, rack: &str, target: &Target) -> Result<(), 
     broker.capacity_changed.notify_one();
     broker.pools_changed.notify_one();
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn blocks_parse_into_name_and_data() {
-        assert_eq!(
-            parse_block("event: rack\nid: 3\ndata: {\"a\":1}\n\n"),
-            ("rack".into(), "{\"a\":1}".into())
-        );
-        assert_eq!(parse_block(": keep-alive\n\n").0, "message");
-    }
 }

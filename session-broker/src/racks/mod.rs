@@ -4,6 +4,7 @@
 pub mod client;
 pub mod link;
 pub mod registry;
+pub mod sse;
 
 use std::sync::Arc;
 

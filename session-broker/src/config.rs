@@ -51,6 +51,10 @@ pub struct Cli {
     /// How long one claim at a rack may take before the next rack is tried, in ms [default: 2000].
     #[arg(long, env = "BROKER_CLAIM_TIMEOUT_MS")]
     pub claim_timeout_ms: Option<u64>,
+    /// How long an ended, expired or failed session stays readable (and its idempotency key
+    /// answers with it) before it is deleted, in ms [default: 86400000, a day].
+    #[arg(long, env = "BROKER_SESSION_RETENTION_MS")]
+    pub session_retention_ms: Option<u64>,
     /// Log as JSON lines.
     #[arg(long, env = "BROKER_LOG_JSON")]
     pub log_json: bool,
@@ -67,6 +71,7 @@ struct FileConfig {
     rack_heartbeat_ms: Option<u64>,
     rack_unreachable_after_ms: Option<u64>,
     claim_timeout_ms: Option<u64>,
+    session_retention_ms: Option<u64>,
     log_json: Option<bool>,
 }
 
@@ -81,6 +86,7 @@ pub struct Config {
     pub rack_heartbeat: Duration,
     pub rack_unreachable_after: Duration,
     pub claim_timeout: Duration,
+    pub session_retention: Duration,
     pub log_json: bool,
 }
 
@@ -148,6 +154,13 @@ impl Config {
                 50,
                 60_000,
             )?,
+            session_retention: ms(
+                "session_retention_ms",
+                cli.session_retention_ms.or(file.session_retention_ms),
+                86_400_000,
+                1000,
+                90 * 86_400_000,
+            )?,
             log_json: cli.log_json || file.log_json.unwrap_or(false),
         })
     }
@@ -167,7 +180,9 @@ mod tests {
     fn defaults_and_ranges() {
         let c = load(&[]).unwrap();
         assert_eq!(c.session_lease, Duration::from_secs(60));
+        assert_eq!(c.session_retention, Duration::from_secs(86_400));
         assert_eq!(c.listen.port(), 7100);
+        assert!(matches!(load(&["--session-retention-ms", "10"]), Err(ConfigError::Range(_))));
         assert!(matches!(load(&["--session-lease-ms", "5"]), Err(ConfigError::Range(_))));
         assert!(matches!(
             load(&["--session-lease-ms", "200000", "--claim-lease-ms", "100000"]),

@@ -85,6 +85,8 @@ CREATE INDEX sessions_by_tenant ON sessions (tenant, created_ms);
 "#,
     // Warm targets that follow demand: the `AutoWarm` JSON, NULL for a fixed target.
     "ALTER TABLE warm_targets ADD COLUMN auto TEXT;",
+    // Retention deletes sessions that ended long enough ago, found by state and age.
+    "DROP INDEX sessions_by_state; CREATE INDEX sessions_by_state ON sessions (state, updated_ms);",
 ];
 
 /// Why a database call failed.

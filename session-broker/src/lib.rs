@@ -77,6 +77,7 @@ pub async fn run(
     let loops = [
         tokio::spawn(sessions::run_queue(broker.clone())),
         tokio::spawn(sessions::leases::run(broker.clone())),
+        tokio::spawn(sessions::retention::run(broker.clone())),
         tokio::spawn(pools::run(broker.clone())),
     ];
     let state = http::AppState { broker: broker.clone(), registry: Arc::new(registry) };

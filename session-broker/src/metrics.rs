@@ -36,6 +36,8 @@ pub struct Metrics {
     pub renewals: Family<OutcomeLabels, Counter>,
     /// Pool sizes sent to racks by result.
     pub pool_updates: Family<OutcomeLabels, Counter>,
+    /// Finished sessions deleted by retention.
+    pub sessions_pruned: Counter,
 }
 
 impl Metrics {
@@ -52,6 +54,7 @@ impl Metrics {
             claims: Family::default(),
             renewals: Family::default(),
             pool_updates: Family::default(),
+            sessions_pruned: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("session_broker");
         r.register("sessions", "Sessions by state", m.sessions.clone());
@@ -67,6 +70,11 @@ impl Metrics {
         r.register("claims", "Claims tried at racks by result", m.claims.clone());
         r.register("lease_renewals", "Lease renewal calls to racks by result", m.renewals.clone());
         r.register("pool_updates", "Pool sizes sent to racks by result", m.pool_updates.clone());
+        r.register(
+            "sessions_pruned",
+            "Finished sessions deleted after the retention period",
+            m.sessions_pruned.clone(),
+        );
         m
     }
 

@@ -769,3 +769,59 @@ async fn a_warm_target_that_follows_demand_rises_with_a_burst_of_requests() {
     })
     .await;
 }
+
+/// Retention: a finished session stays readable, and its idempotency key answers with it, until
+/// the retention period has passed; then it is deleted and the key makes a new session. A live
+/// session is never deleted, however old. No rack is needed: with none, sessions queue and fail
+/// at their deadline.
+#[tokio::test]
+async fn finished_sessions_go_after_the_retention_period_and_live_ones_stay() {
+    let dir = TestDir::new("sb-retention");
+    let broker = Broker::start(dir.path(), &["--session-retention-ms", "2000"]).await;
+    let client = broker.client.clone();
+    client
+        .put_region("east", &serde_json::from_value(json!({"description": "east"})).unwrap())
+        .await
+        .unwrap();
+    client.put_game(GAME, &serde_json::from_value(json!({"name": "g"})).unwrap()).await.unwrap();
+    client.put_version(GAME, "1", &sim_version(1000)).await.unwrap();
+    client
+        .put_game(GAME, &serde_json::from_value(json!({"name": "g", "current_version": "1"})).unwrap())
+        .await
+        .unwrap();
+    let key = client.tenant_with_key("retained").await;
+
+    let short = session_request("p-short", &EAST_NEAR, Some(300));
+    let first = client.create_session(&key, "k-short", &short).await.expect("POST");
+    assert_eq!((first.status, first.session.state), (202, SessionState::Queued), "{first:?}");
+    let live =
+        client.create_session(&key, "k-live", &session_request("p-live", &EAST_NEAR, Some(60_000))).await;
+    let live = live.expect("POST").session;
+    let failed = client
+        .wait_session_until(&key, &first.session.id, Duration::from_secs(10), "to fail", |s| {
+            s.state.is_final()
+        })
+        .await;
+    assert_eq!((failed.state, failed.reason.as_deref()), (SessionState::Failed, Some("no_capacity")));
+    let retry = client.create_session(&key, "k-short", &short).await.expect("a retry while it is kept");
+    assert_eq!(retry.session.id, first.session.id, "the key answers with the finished session");
+
+    let gone = wait_until(Duration::from_secs(15), "the failed session deleted", || async {
+        match client.session(&key, &first.session.id).await {
+            Err(e) if e.status == 404 => Ok(e),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(gone.code, "not_found", "{gone:?}");
+    let still = client.session(&key, &live.id).await.expect("the live session is kept");
+    assert_eq!(still.state, SessionState::Queued);
+    let fresh = client.create_session(&key, "k-short", &short).await.expect("the key after retention");
+    assert_eq!(fresh.status, 202, "{fresh:?}");
+    assert_ne!(fresh.session.id, first.session.id, "a new session");
+    let metrics = client.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("session_broker_sessions_pruned_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}

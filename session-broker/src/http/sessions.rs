@@ -40,7 +40,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, HttpError> {
 /// Places a player: 201 with an active session, or 202 with a queued one.
 #[utoipa::path(
     post, path = "/v1/sessions", tag = "sessions",
-    params(("Idempotency-Key" = String, Header, description = "Retries with the same key and body return the same session")),
+    params(("Idempotency-Key" = String, Header, description = "Retries with the same key and body return the same session, for as long as the session is kept (a finished one: the broker's session retention, a day by default)")),
     request_body = SessionRequest,
     responses(
         (status = 201, description = "Placed now", body = SessionView),

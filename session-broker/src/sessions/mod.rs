@@ -11,6 +11,7 @@
 pub mod leases;
 pub mod placer;
 pub mod queue;
+pub mod retention;
 pub mod store;
 
 use std::sync::Arc;

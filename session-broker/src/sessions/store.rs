@@ -242,6 +242,23 @@ pub fn transition(
     })
 }
 
+/// States a session never leaves: retention deletes these once they are old enough.
+pub const FINISHED: [SessionState; 3] = [SessionState::Ended, SessionState::Expired, SessionState::Failed];
+
+/// Deletes up to `limit` sessions that finished ([`FINISHED`]) before `before_ms`; returns how
+/// many went. Sessions that are still live are never touched, however old.
+pub fn prune_finished(db: &Db, before_ms: u64, limit: usize) -> Result<usize, BrokerError> {
+    db.write(|tx| {
+        let n = tx
+            .prepare_cached(
+                "DELETE FROM sessions WHERE id IN (
+                     SELECT id FROM sessions WHERE state IN ('ended', 'expired', 'failed') AND updated_ms < ?1 LIMIT ?2)",
+            )?
+            .execute(params![before_ms as i64, limit as i64])?;
+        Ok(n)
+    })
+}
+
 /// Extends an active session's lease.
 pub fn extend_lease(db: &Db, id: &str, until_ms: u64) -> Result<bool, BrokerError> {
     db.write(|tx| {
@@ -329,6 +346,44 @@ mod tests {
             created_ms: 1000,
             deadline_ms: 31_000,
         }
+    }
+
+    #[test]
+    fn pruning_deletes_only_sessions_that_finished_before_the_cutoff() {
+        let db = crate::db::test_db();
+        let states = [SessionState::Placing, SessionState::Queued, SessionState::Active]
+            .into_iter()
+            .chain(FINISHED)
+            .collect::<Vec<_>>();
+        for state in &states {
+            for (age, at) in [("old", 5_000), ("new", 20_000)] {
+                let id = format!("{}-{age}", state.as_str());
+                assert!(insert(&db, &SessionRow { state: *state, created_ms: at, ..row(&id, &id) }).unwrap());
+            }
+        }
+        // In batches: 3 finished sessions are older than the cutoff.
+        assert_eq!(prune_finished(&db, 10_000, 2).unwrap(), 2);
+        assert_eq!(prune_finished(&db, 10_000, 2).unwrap(), 1);
+        assert_eq!(prune_finished(&db, 10_000, 2).unwrap(), 0);
+        let mut left: Vec<String> = db
+            .read(|c| {
+                let mut stmt = c.prepare("SELECT id FROM sessions")?;
+                let ids = stmt.query_map([], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+                Ok::<_, BrokerError>(ids)
+            })
+            .unwrap();
+        left.sort();
+        let mut want: Vec<String> = states
+            .iter()
+            .flat_map(|s| {
+                let live = !FINISHED.contains(s);
+                [live.then(|| format!("{}-old", s.as_str())), Some(format!("{}-new", s.as_str()))]
+            })
+            .flatten()
+            .collect();
+        want.sort();
+        assert_eq!(left, want);
+        assert!(by_key(&db, "t", "ended-old").unwrap().is_none(), "its key is free again");
     }
 
     #[test]

@@ -156,6 +156,19 @@ impl Rack {
         Ok(expired)
     }
 
+    /// Deletes up to `limit` claims that ended before `cutoff_ms`; returns how many went.
+    /// Active claims stay, however old. A key asked again after that makes a new claim.
+    pub fn prune_ended_claims(&self, cutoff_ms: u64, limit: usize) -> Result<usize, RackError> {
+        self.db.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "DELETE FROM claims WHERE key IN (
+                         SELECT key FROM claims WHERE state IN ('released', 'expired') AND ended_ms < ?1 LIMIT ?2)",
+                )?
+                .execute(params![cutoff_ms as i64, limit as i64])?)
+        })
+    }
+
     fn lease_ms(&self, requested: Option<u64>) -> Result<u64, RackError> {
         let lease = requested.unwrap_or(self.config.default_lease.as_millis() as u64);
         if !(1000..=MAX_LEASE_MS).contains(&lease) {

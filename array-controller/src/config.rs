@@ -68,6 +68,10 @@ pub struct Cli {
     /// Hours events are kept for resuming subscribers [default: 24].
     #[arg(long, env = "CONTROLLER_EVENT_RETENTION_HOURS")]
     pub event_retention_hours: Option<u64>,
+    /// How long an ended claim stays readable (and its key answers with it) before it is
+    /// deleted, in ms [default: 86400000, a day].
+    #[arg(long, env = "CONTROLLER_CLAIM_RETENTION_MS")]
+    pub claim_retention_ms: Option<u64>,
     /// Packing policy: "fill" (fewest boards) or "spread" (least loaded) [default: fill].
     #[arg(long, env = "CONTROLLER_POLICY")]
     pub policy: Option<String>,
@@ -133,6 +137,7 @@ struct FileConfig {
     replace_after_ms: Option<u64>,
     default_lease_ms: Option<u64>,
     event_retention_hours: Option<u64>,
+    claim_retention_ms: Option<u64>,
     policy: Option<String>,
     log_json: Option<bool>,
     broker_url: Option<String>,
@@ -191,6 +196,7 @@ pub struct Config {
     pub replace_after: Duration,
     pub default_lease: Duration,
     pub event_retention: Duration,
+    pub claim_retention: Duration,
     pub policy: Policy,
     pub log_json: bool,
     pub preflight: PreflightLimits,
@@ -340,6 +346,13 @@ impl Config {
                     .unwrap_or(24)
                     .clamp(1, 24 * 90),
             ),
+            claim_retention: ms(
+                "claim_retention_ms",
+                cli.claim_retention_ms.or(file.claim_retention_ms),
+                86_400_000,
+                1000,
+                90 * 86_400_000,
+            )?,
             policy,
             log_json: cli.log_json || file.log_json.unwrap_or(false),
             preflight: file.preflight.unwrap_or_default(),
@@ -529,6 +542,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = load(&dir, "", Cli { region: Some("NOT VALID".into()), ..Cli::default() }).unwrap();
         assert!(config.broker.is_none());
+        assert_eq!(config.claim_retention, Duration::from_secs(86_400), "a day by default");
+        let short = Cli { claim_retention_ms: Some(10), ..Cli::default() };
+        assert!(matches!(load(&dir, "", short), Err(ConfigError::Range(_))));
     }
 
     #[test]

@@ -254,7 +254,7 @@ mod tests {
         let (_, after_claim) = rack.instance_snapshot(None, None).unwrap();
         assert!(after_claim > seq);
         assert_eq!(after_claim, last(&rack));
-        crate::events::compact(&rack.db, u64::MAX).unwrap();
+        crate::events::compact(&rack.db, u64::MAX, usize::MAX).unwrap();
         assert_eq!(
             rack.instance_snapshot(None, None).unwrap().1,
             after_claim,

@@ -73,13 +73,18 @@ pub fn oldest_seq(db: &Db) -> Result<u64, DbError> {
     })
 }
 
-/// Deletes events older than `cutoff_ms`, always keeping the newest one so sequences continue.
-pub fn compact(db: &Db, cutoff_ms: u64) -> Result<usize, DbError> {
+/// Deletes up to `limit` of the oldest events older than `cutoff_ms`, always keeping the newest
+/// one so sequences continue; returns how many went. Called in batches (see
+/// [`crate::history`]): one statement over a day's events would hold the lock claims need.
+pub fn compact(db: &Db, cutoff_ms: u64, limit: usize) -> Result<usize, DbError> {
     db.read(|conn| {
-        Ok(conn.execute(
-            "DELETE FROM events WHERE at_ms < ?1 AND seq < (SELECT max(seq) FROM events)",
-            params![cutoff_ms as i64],
-        )?)
+        Ok(conn
+            .prepare_cached(
+                "DELETE FROM events WHERE seq IN (
+                     SELECT seq FROM events WHERE at_ms < ?1 AND seq < (SELECT max(seq) FROM events)
+                     ORDER BY seq LIMIT ?2)",
+            )?
+            .execute(params![cutoff_ms as i64, limit as i64])?)
     })
 }
 
@@ -197,7 +202,9 @@ mod tests {
         for t in 0..5 {
             emit(&db, t);
         }
-        assert_eq!(compact(&db, 1000).unwrap(), 4);
+        assert_eq!(compact(&db, 1000, 3).unwrap(), 3, "one batch");
+        assert_eq!(oldest_seq(&db).unwrap(), 4, "the oldest went first");
+        assert_eq!(compact(&db, 1000, 3).unwrap(), 1);
         assert_eq!(oldest_seq(&db).unwrap(), 5);
         emit(&db, 2000);
         assert_eq!(read_after(&db, 5, 10).unwrap()[0].seq, 6);

@@ -13,6 +13,7 @@ pub mod desired;
 pub mod enrolment;
 pub mod error;
 pub mod events;
+pub mod history;
 pub mod http;
 pub mod inventory;
 pub mod lifecycle;
@@ -169,13 +170,7 @@ fn slow_sweep(rack: &Rack, utilisation: bool, compaction: bool) {
         tracing::error!(error = %err, "utilisation refresh failed");
     }
     if compaction {
-        let cutoff =
-            service_kit::time::now_ms().saturating_sub(rack.config.event_retention.as_millis() as u64);
-        match events::compact(&rack.db, cutoff) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "event log compacted"),
-            Err(err) => tracing::error!(error = %err, "event compaction failed"),
-        }
+        history::prune(rack, service_kit::time::now_ms());
     }
 }
 

@@ -19,6 +19,7 @@ use crate::racks::client::ControllerClient;
 use crate::racks::registry::RackLive;
 use crate::ratelimit::RateLimiter;
 use crate::scheduler::{self, CapacityIndex, GameStock, RackState, Uplink};
+use crate::sessions::lease_book::LeaseBook;
 use crate::sessions::queue::Queue;
 
 /// The broker: shared by the HTTP handlers and the background loops.
@@ -38,6 +39,8 @@ pub struct Broker {
     /// One channel per session someone long-polls, bumped when that session changes.
     session_watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
     pub queue: Mutex<Queue>,
+    /// Active sessions' racks and lease ends, for the lease loops.
+    pub leases: LeaseBook,
     pub limiter: RateLimiter,
     /// Instances asked of a rack by the cold path, per (rack, deployment).
     pub cold_starts: Mutex<HashMap<(String, String), u32>>,
@@ -82,6 +85,7 @@ impl Broker {
             pools_changed: Notify::new(),
             session_watchers: Mutex::new(HashMap::new()),
             queue: Mutex::new(Queue::default()),
+            leases: LeaseBook::default(),
             limiter: RateLimiter::default(),
             cold_starts: Mutex::new(HashMap::new()),
             links: Mutex::new(HashSet::new()),

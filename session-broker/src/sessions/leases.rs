@@ -43,25 +43,25 @@ pub async fn run(broker: Arc<Broker>) {
 }
 
 /// Sessions whose platform stopped heart-beating: `expired` (`lease_lapsed`), instance released.
+/// Candidates come from the lease book; the write checks the stored lease, so an entry that
+/// missed a heartbeat is corrected from the row instead of expiring the session.
 fn expire(broker: &Arc<Broker>) -> Result<(), BrokerError> {
     let now = now_ms();
-    for row in store::in_states(&broker.db, &[SessionState::Active])? {
-        if row.lease_expires_ms.is_some_and(|t| t < now)
-            && store::transition(
-                &broker.db,
-                &row.id,
-                &[SessionState::Active],
-                SessionState::Expired,
-                Some("lease_lapsed"),
-                None,
-                now,
-            )?
-        {
-            tracing::info!(session = %row.id, "session lease lapsed");
-            if let Some(rack) = &row.rack {
-                spawn_release(broker, rack, &row.id);
+    for (id, rack) in broker.leases.lapsed(now) {
+        if store::expire_if_lapsed(&broker.db, &id, now)? {
+            broker.leases.remove(&id);
+            tracing::info!(session = %id, "session lease lapsed");
+            spawn_release(broker, &rack, &id);
+            broker.session_changed(&id);
+            continue;
+        }
+        match store::get(&broker.db, &id)? {
+            Some(row) if row.state == SessionState::Active => {
+                if let (Some(rack), Some(until)) = (row.rack, row.lease_expires_ms) {
+                    broker.leases.set(&id, &rack, until);
+                }
             }
-            broker.session_changed(&row.id);
+            _ => broker.leases.remove(&id),
         }
     }
     Ok(())
@@ -70,12 +70,7 @@ fn expire(broker: &Arc<Broker>) -> Result<(), BrokerError> {
 /// Renews every active session's claim at its rack. A claim the rack no longer has ends the
 /// session (`instance_lost`); a rack that does not answer is tried again next time.
 async fn renew(broker: &Arc<Broker>) -> Result<(), BrokerError> {
-    let mut by_rack: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for row in store::in_states(&broker.db, &[SessionState::Active])? {
-        if let Some(rack) = row.rack {
-            by_rack.entry(rack).or_default().push(row.id);
-        }
-    }
+    let by_rack = broker.leases.by_rack();
     let lease_ms = broker.config.claim_lease.as_millis() as u64;
     for (rack, keys) in by_rack {
         let Some(target) = broker.with_rack(&rack, |r| r.target.clone()).flatten() else { continue };
@@ -93,6 +88,7 @@ async fn renew(broker: &Arc<Broker>) -> Result<(), BrokerError> {
                             None,
                             now_ms(),
                         )?;
+                        broker.leases.remove(&key);
                         if ended {
                             tracing::warn!(session = %key, rack = %rack, "the rack no longer holds the session's claim");
                             broker.session_changed(&key);
@@ -130,4 +126,54 @@ fn refresh_gauges(broker: &Broker) -> Result<(), BrokerError> {
         broker.metrics.racks.get_or_create(&crate::metrics::StateLabels { state: state.into() }).set(n);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use api::broker::Endpoint;
+
+    use super::*;
+    use crate::sessions::recover;
+    use crate::sessions::store::{Placement, tests::row};
+
+    fn active(broker: &Broker, id: &str, until_ms: u64) {
+        assert!(store::insert(&broker.db, &row(id, id)).unwrap());
+        let p = Placement {
+            region: "east".into(),
+            rack: "east-1".into(),
+            board: "b".into(),
+            instance: format!("i-{id}"),
+            deployment: "d".into(),
+            endpoint: Endpoint { host: "h".into(), stream_port: 1, adb_port: 2 },
+            token: "t".into(),
+            lease_expires_ms: until_ms,
+        };
+        let explain = store::ExplainRecord::default();
+        assert!(store::activate(&broker.db, id, &p, &explain, 1000).unwrap());
+    }
+
+    fn state(broker: &Broker, id: &str) -> SessionState {
+        store::get(&broker.db, id).unwrap().unwrap().state
+    }
+
+    #[tokio::test]
+    async fn only_sessions_whose_stored_lease_lapsed_expire() {
+        let broker = crate::broker::test_broker();
+        let now = now_ms();
+        active(&broker, "lapsed", 5_000);
+        active(&broker, "live", now + 60_000);
+        active(&broker, "beaten", 5_000);
+        // Loaded at start, as after a restart.
+        recover(&broker).await.unwrap();
+        assert_eq!(broker.leases.len(), 3);
+        // A heartbeat the book did not see: the row's lease moved on.
+        assert!(store::extend_lease(&broker.db, "beaten", now + 60_000).unwrap());
+
+        expire(&broker).unwrap();
+        assert_eq!(state(&broker, "lapsed"), SessionState::Expired);
+        assert_eq!(state(&broker, "live"), SessionState::Active);
+        assert_eq!(state(&broker, "beaten"), SessionState::Active, "the stored lease wins");
+        assert!(broker.leases.lapsed(now + 1).is_empty(), "the book took the row's lease");
+        assert_eq!(broker.leases.by_rack()["east-1"], ["beaten", "live"]);
+    }
 }

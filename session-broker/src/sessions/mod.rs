@@ -8,6 +8,7 @@
 //! - [`recover`]: at start, finds what sessions caught mid-placement hold at the racks.
 //! - heartbeats, ending, listing, long-polls, explanations.
 
+pub mod lease_book;
 pub mod leases;
 pub mod placer;
 pub mod queue;
@@ -203,6 +204,7 @@ fn settle(broker: &Arc<Broker>, mut w: Waiting, outcome: Attempt) -> Result<Opti
         Attempt::Placed(placement) => {
             release_cold_start(broker, &mut w);
             if store::activate(&broker.db, &w.id, &placement, &w.explain, now)? {
+                broker.leases.set(&w.id, &placement.rack, placement.lease_expires_ms);
                 Some(Settled::Active(placement))
             } else {
                 spawn_release(broker, &placement.rack, &w.id);
@@ -292,10 +294,11 @@ pub async fn run_queue(broker: Arc<Broker>) {
     }
 }
 
-/// At start: sessions caught `placing` or `queued` by a crash may hold a claim at some rack
-/// (the claim key is the session id). Adopt the first claim found, release any other, and
-/// queue the rest again.
+/// At start: the active sessions' leases are loaded into the lease book. Sessions caught
+/// `placing` or `queued` by a crash may hold a claim at some rack (the claim key is the
+/// session id): adopt the first claim found, release any other, and queue the rest again.
 pub async fn recover(broker: &Arc<Broker>) -> Result<(), BrokerError> {
+    broker.leases.load(store::active_leases(&broker.db)?);
     let rows = store::in_states(&broker.db, &[SessionState::Placing, SessionState::Queued])?;
     if rows.is_empty() {
         return Ok(());
@@ -407,7 +410,10 @@ pub fn heartbeat(broker: &Broker, tenant: &str, id: &str) -> Result<SessionRow, 
         ));
     }
     if row.state == SessionState::Active {
-        store::extend_lease(&broker.db, id, now_ms() + broker.config.session_lease.as_millis() as u64)?;
+        let until = now_ms() + broker.config.session_lease.as_millis() as u64;
+        if store::extend_lease(&broker.db, id, until)? {
+            broker.leases.extend(id, until);
+        }
     }
     get_own(broker, tenant, id)
 }
@@ -428,6 +434,7 @@ pub fn end(broker: &Arc<Broker>, tenant: &str, id: &str) -> Result<SessionRow, B
         None,
         now_ms(),
     )? {
+        broker.leases.remove(id);
         if let Some(mut w) = broker.queue.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
             release_cold_start(broker, &mut w);
         }

@@ -312,6 +312,32 @@ pub fn explain(db: &Db, id: &str) -> Result<ExplainRecord, BrokerError> {
 }
 
 /// Sessions by state (for the metrics).
+/// Every active session's id, rack and lease end (loaded into the lease book at start).
+pub fn active_leases(db: &Db) -> Result<Vec<(String, String, u64)>, BrokerError> {
+    db.read(|c| {
+        let mut stmt = c.prepare_cached(
+            "SELECT id, rack, lease_expires_ms FROM sessions
+             WHERE state = 'active' AND rack IS NOT NULL AND lease_expires_ms IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    })
+}
+
+/// Expires an active session whose stored lease ended before `now` (`lease_lapsed`); false
+/// when it is not active or a heartbeat moved its lease on.
+pub fn expire_if_lapsed(db: &Db, id: &str, now: u64) -> Result<bool, BrokerError> {
+    db.write(|tx| {
+        let n = tx
+            .prepare_cached(
+                "UPDATE sessions SET state = 'expired', reason = 'lease_lapsed', updated_ms = ?2
+                 WHERE id = ?1 AND state = 'active' AND lease_expires_ms < ?2",
+            )?
+            .execute(params![id, now as i64])?;
+        Ok(n == 1)
+    })
+}
+
 pub fn count_by_state(db: &Db) -> Result<Vec<(String, i64)>, BrokerError> {
     db.read(|c| {
         let mut stmt = c.prepare_cached("SELECT state, count(*) FROM sessions GROUP BY state")?;
@@ -321,7 +347,7 @@ pub fn count_by_state(db: &Db) -> Result<Vec<(String, i64)>, BrokerError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn row(id: &str, key: &str) -> SessionRow {

@@ -16,11 +16,15 @@ use crate::metrics::Metrics;
 use crate::racks::client::RENEW_BATCH;
 use crate::sessions::{spawn_release, store};
 
+/// How often the finished sessions are counted for the gauges.
+const FINISHED_GAUGES_EVERY: Duration = Duration::from_secs(60);
+
 /// Runs until shutdown: expiry every tick, renewals every quarter claim lease (at most 10 s).
 pub async fn run(broker: Arc<Broker>) {
     let tick = (broker.config.session_lease / 8).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let renew_every = (broker.config.claim_lease / 4).min(Duration::from_secs(10));
     let mut last_renewal: Option<Instant> = None;
+    let mut last_finished_count: Option<Instant> = None;
     let mut interval = tokio::time::interval(tick);
     loop {
         tokio::select! {
@@ -36,7 +40,11 @@ pub async fn run(broker: Arc<Broker>) {
                 tracing::error!(error = %err, "lease renewal failed");
             }
         }
-        if let Err(err) = refresh_gauges(&broker) {
+        let finished = last_finished_count.is_none_or(|t| t.elapsed() >= FINISHED_GAUGES_EVERY);
+        if finished {
+            last_finished_count = Some(Instant::now());
+        }
+        if let Err(err) = refresh_gauges(&broker, finished) {
             tracing::error!(error = %err, "gauge refresh failed");
         }
     }
@@ -106,10 +114,12 @@ async fn renew(broker: &Arc<Broker>) -> Result<(), BrokerError> {
     Ok(())
 }
 
-fn refresh_gauges(broker: &Broker) -> Result<(), BrokerError> {
-    let counts = store::count_by_state(&broker.db)?;
-    for state in SessionState::ALL {
-        let n = counts.iter().find(|(s, _)| s == state.as_str()).map_or(0, |(_, n)| *n);
+/// Session gauges: the live states on every call, the finished ones (as many as the retention
+/// period holds: millions on a busy day) only when `finished` is set.
+fn refresh_gauges(broker: &Broker, finished: bool) -> Result<(), BrokerError> {
+    let states: Vec<SessionState> =
+        SessionState::ALL.into_iter().filter(|s| finished || !s.is_final()).collect();
+    for (state, n) in store::count_in_states(&broker.db, &states)? {
         broker
             .metrics
             .sessions

@@ -338,11 +338,16 @@ pub fn expire_if_lapsed(db: &Db, id: &str, now: u64) -> Result<bool, BrokerError
     })
 }
 
-pub fn count_by_state(db: &Db) -> Result<Vec<(String, i64)>, BrokerError> {
+/// How many sessions are in each of `states` (each one counted through the state index, so
+/// the live states cost what is live, not what the retention period holds).
+pub fn count_in_states(db: &Db, states: &[SessionState]) -> Result<Vec<(SessionState, i64)>, BrokerError> {
     db.read(|c| {
-        let mut stmt = c.prepare_cached("SELECT state, count(*) FROM sessions GROUP BY state")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        let mut stmt = c.prepare_cached("SELECT count(*) FROM sessions WHERE state = ?1")?;
+        let mut out = Vec::with_capacity(states.len());
+        for state in states {
+            out.push((*state, stmt.query_row(params![state.as_str()], |r| r.get(0))?));
+        }
+        Ok(out)
     })
 }
 
@@ -410,6 +415,8 @@ pub(crate) mod tests {
         want.sort();
         assert_eq!(left, want);
         assert!(by_key(&db, "t", "ended-old").unwrap().is_none(), "its key is free again");
+        let counts = count_in_states(&db, &[SessionState::Ended, SessionState::Active]).unwrap();
+        assert_eq!(counts, [(SessionState::Ended, 1), (SessionState::Active, 2)]);
     }
 
     #[test]

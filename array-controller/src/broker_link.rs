@@ -490,7 +490,9 @@ mod tests {
         insert_board(&rack, "b1", "aarch64", false);
         let task = tokio::spawn(run(rack.clone(), rack.config.broker.clone().unwrap()));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while seen.lock().unwrap().len() < 5 {
+        // Until the loop has also read the answers: the fake server sees a registration before
+        // the loop counts its answer, and stopping in between would leave one uncounted.
+        while seen.lock().unwrap().len() < 5 || count(&rack, "accepted") < 4 {
             assert!(Instant::now() < deadline, "only {} registrations arrived", seen.lock().unwrap().len());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -68,10 +68,13 @@ mod tests {
         assert_eq!(crate::events::oldest_seq(&rack.db).unwrap(), newest, "only the newest event is kept");
         assert_eq!(rack.claim(request("s3")).unwrap().state, ClaimState::Active, "the active claim stays");
         assert_eq!(rack.prune_ended_claims(u64::MAX, BATCH).unwrap(), 0, "both ended claims went");
-        // A retried key after retention claims anew (the third instance was the only one left
-        // ready, and the released ones are recycling, so there is nothing to claim).
+        // A retried key after retention claims anew, not the old claim: the released
+        // instances are recycling and the third is claimed, so there is nothing to claim.
         let again = rack.claim(request("s1"));
-        assert!(!matches!(again, Ok(ref c) if c.state == ClaimState::Released), "{again:?}");
+        assert!(
+            matches!(again, Err(crate::error::RackError::Conflict { code: "no_ready_instance", .. })),
+            "{again:?}"
+        );
     }
 
     #[test]

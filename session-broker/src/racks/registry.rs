@@ -2,7 +2,7 @@
 //! time, event stream, instances per deployment, free room), and the rack's health derived
 //! from them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use api::broker::{BoardCapacity, RackHealth, RackRegistration, RackView, Stock, UplinkQuality};
@@ -30,8 +30,8 @@ pub struct DeploymentStock {
 /// Aggregates of a rack's boards.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BoardFacts {
-    pub archs: std::collections::BTreeSet<String>,
-    pub gpu_kinds: std::collections::BTreeSet<String>,
+    pub archs: BTreeSet<String>,
+    pub gpu_kinds: BTreeSet<String>,
     pub load: Load,
     /// Boards that take no new instances.
     pub unschedulable: usize,

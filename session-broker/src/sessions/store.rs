@@ -242,11 +242,9 @@ pub fn transition(
     })
 }
 
-/// States a session never leaves: retention deletes these once they are old enough.
-pub const FINISHED: [SessionState; 3] = [SessionState::Ended, SessionState::Expired, SessionState::Failed];
-
-/// Deletes up to `limit` sessions that finished ([`FINISHED`]) before `before_ms`; returns how
-/// many went. Sessions that are still live are never touched, however old.
+/// Deletes up to `limit` sessions that finished (the states of [`SessionState::is_final`])
+/// before `before_ms`; returns how many went. Sessions that are still live are never touched,
+/// however old.
 pub fn prune_finished(db: &Db, before_ms: u64, limit: usize) -> Result<usize, BrokerError> {
     db.write(|tx| {
         let n = tx
@@ -311,7 +309,6 @@ pub fn explain(db: &Db, id: &str) -> Result<ExplainRecord, BrokerError> {
     })
 }
 
-/// Sessions by state (for the metrics).
 /// Every active session's id, rack and lease end (loaded into the lease book at start).
 pub fn active_leases(db: &Db) -> Result<Vec<(String, String, u64)>, BrokerError> {
     db.read(|c| {
@@ -382,10 +379,7 @@ pub(crate) mod tests {
     #[test]
     fn pruning_deletes_only_sessions_that_finished_before_the_cutoff() {
         let db = crate::db::test_db();
-        let states = [SessionState::Placing, SessionState::Queued, SessionState::Active]
-            .into_iter()
-            .chain(FINISHED)
-            .collect::<Vec<_>>();
+        let states = SessionState::ALL;
         for state in &states {
             for (age, at) in [("old", 5_000), ("new", 20_000)] {
                 let id = format!("{}-{age}", state.as_str());
@@ -407,7 +401,7 @@ pub(crate) mod tests {
         let mut want: Vec<String> = states
             .iter()
             .flat_map(|s| {
-                let live = !FINISHED.contains(s);
+                let live = !s.is_final();
                 [live.then(|| format!("{}-old", s.as_str())), Some(format!("{}-new", s.as_str()))]
             })
             .flatten()

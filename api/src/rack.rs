@@ -482,9 +482,76 @@ pub enum RackEventBody {
     },
 }
 
+impl RackEventBody {
+    /// Every kind, as the `kind` field spells it.
+    pub const KINDS: [&'static str; 6] =
+        ["board", "instance", "claim", "deployment", "board_report", "placement_failed"];
+
+    /// This event's kind, as the `kind` field spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RackEventBody::Board { .. } => "board",
+            RackEventBody::Instance { .. } => "instance",
+            RackEventBody::Claim { .. } => "claim",
+            RackEventBody::Deployment { .. } => "deployment",
+            RackEventBody::BoardReport { .. } => "board_report",
+            RackEventBody::PlacementFailed { .. } => "placement_failed",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kind_names_match_the_serialized_kind() {
+        let bodies = [
+            RackEventBody::Board {
+                board: "b".into(),
+                state: BoardState::Ready,
+                reachable: true,
+                cordoned: false,
+                reason: None,
+            },
+            RackEventBody::Instance {
+                instance: "i".into(),
+                deployment: "d".into(),
+                board: "b".into(),
+                state: InstanceState::Ready,
+                generation: 1,
+                reason: None,
+                at_risk: false,
+            },
+            RackEventBody::Claim {
+                key: "k".into(),
+                deployment: "d".into(),
+                instance: "i".into(),
+                state: ClaimState::Active,
+            },
+            RackEventBody::Deployment { deployment: "d".into(), pool_size: 2, deleted: false },
+            RackEventBody::BoardReport {
+                board: "b".into(),
+                entry: JournalEntry {
+                    seq: 1,
+                    at_ms: 2,
+                    event: crate::status::BoardEvent::Phase {
+                        instance: "i".into(),
+                        generation: 1,
+                        phase: crate::status::InstancePhase::Ready,
+                        container_id: None,
+                        reason: None,
+                    },
+                },
+            },
+            RackEventBody::PlacementFailed { deployment: "d".into(), reasons: vec![] },
+        ];
+        let kinds: Vec<&str> = bodies.iter().map(RackEventBody::kind).collect();
+        assert_eq!(kinds, RackEventBody::KINDS);
+        for body in &bodies {
+            assert_eq!(serde_json::to_value(body).unwrap()["kind"], body.kind());
+        }
+    }
 
     #[test]
     fn events_flatten_their_kind() {

@@ -88,6 +88,23 @@ pub fn compact(db: &Db, cutoff_ms: u64, limit: usize) -> Result<usize, DbError> 
     })
 }
 
+/// Which event kinds a subscriber wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KindFilter {
+    All,
+    /// Only these (names from [`api::rack::RackEventBody::KINDS`]).
+    Only(Vec<&'static str>),
+}
+
+impl KindFilter {
+    fn admits(&self, event: &RackEvent) -> bool {
+        match self {
+            KindFilter::All => true,
+            KindFilter::Only(kinds) => kinds.contains(&event.body.kind()),
+        }
+    }
+}
+
 fn sse_event(event: &RackEvent) -> Event {
     Event::default()
         .id(event.seq.to_string())
@@ -96,11 +113,14 @@ fn sse_event(event: &RackEvent) -> Event {
         .unwrap_or_else(|_| Event::default())
 }
 
-/// The SSE stream for a subscriber that saw everything up to `after`. Ends on `shutdown`.
+/// The SSE stream of `kinds` for a subscriber that saw everything up to `after`. Ends on
+/// `shutdown`. Events of other kinds are skipped, not sent: a subscriber that resumes after the
+/// last one it got skips them again.
 pub fn stream(
     db: std::sync::Arc<Db>,
     hub: &EventHub,
     after: u64,
+    kinds: KindFilter,
     shutdown: CancellationToken,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<>> {
     // Subscribe before reading the log, so nothing committed in between is missed; duplicates
@@ -128,7 +148,7 @@ pub fn stream(
                 let done = batch.len() < CATCH_UP_BATCH as usize;
                 for event in batch {
                     last = event.seq;
-                    if tx.send(sse_event(&event)).await.is_err() {
+                    if kinds.admits(&event) && tx.send(sse_event(&event)).await.is_err() {
                         return;
                     }
                 }
@@ -144,7 +164,7 @@ pub fn stream(
                         Ok(event) if event.seq <= last => continue,
                         Ok(event) if event.seq == last + 1 => {
                             last = event.seq;
-                            if tx.send(sse_event(&event)).await.is_err() { return; }
+                            if kinds.admits(&event) && tx.send(sse_event(&event)).await.is_err() { return; }
                         }
                         // A hole (an event committed but published later) or lag: catch up.
                         Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,

@@ -309,9 +309,18 @@ impl ControllerClient {
 
     /// Opens `GET /v1/events`, resuming after `last_event_id` when given.
     pub async fn events(&self, last_event_id: Option<u64>) -> EventStream {
+        self.events_at("/v1/events", last_event_id).await
+    }
+
+    /// Opens `GET /v1/events?kinds=` (comma-separated kinds), resuming after `last_event_id`.
+    pub async fn events_of_kinds(&self, kinds: &str, last_event_id: Option<u64>) -> EventStream {
+        self.events_at(&format!("/v1/events?kinds={kinds}"), last_event_id).await
+    }
+
+    async fn events_at(&self, path: &str, last_event_id: Option<u64>) -> EventStream {
         let mut request = self
             .http
-            .get(format!("{}/v1/events", self.base))
+            .get(format!("{}{path}", self.base))
             .bearer_auth(OPERATOR_TOKEN)
             .timeout(Duration::from_secs(3600));
         if let Some(id) = last_event_id {

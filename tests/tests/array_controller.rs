@@ -663,6 +663,39 @@ async fn an_event_subscriber_resuming_with_last_event_id_gets_every_event_exactl
     both.extend(resumed.iter().cloned());
     assert_eq!(all[..both.len().min(all.len())], both[..], "the resumed view equals the log");
     println!("{} events before the disconnect, {} after the resume", first.len(), resumed.len());
+
+    // A subscriber asking for some kinds gets exactly those events of the log, in order, and
+    // resumes after the last one it got without seeing the skipped ones.
+    let of_kinds = |kinds: &[&str], events: &[RackEvent]| -> Vec<RackEvent> {
+        events.iter().filter(|e| kinds.contains(&e.body.kind())).cloned().collect()
+    };
+    let mut stream = client.events_of_kinds("claim,board", None).await;
+    let mut filtered = Vec::new();
+    while let Some(event) = stream.next_rack_event(Duration::from_millis(1500)).await {
+        filtered.push(event);
+    }
+    assert_eq!(filtered, of_kinds(&["claim", "board"], &all), "claim and board events only");
+    assert!(
+        filtered.iter().any(|e| e.body.kind() == "claim")
+            && filtered.iter().any(|e| e.body.kind() == "board")
+    );
+    let cut = filtered.iter().position(|e| e.body.kind() == "claim").expect("a claim event");
+    let mut stream = client.events_of_kinds("claim,board", Some(filtered[cut].seq)).await;
+    let mut rest = Vec::new();
+    while let Some(event) = stream.next_rack_event(Duration::from_millis(1500)).await {
+        rest.push(event);
+    }
+    assert_eq!(rest, filtered[cut + 1..], "resumed after the last event it got");
+
+    // Unknown or empty kinds are refused with a code, for the whole request.
+    for query in ["kinds=claim,nonsense", "kinds=", "kinds=claim,,board"] {
+        let answer = client
+            .request(Method::GET, &format!("/v1/events?{query}"), Some(OPERATOR_TOKEN), None)
+            .await
+            .expect("GET /v1/events");
+        assert_eq!(answer.status, 400, "{query}: {answer:?}");
+        assert_eq!(answer.code(), "invalid_kind", "{query}: {answer:?}");
+    }
 }
 
 // 8. A board whose facts lack binder, of a class that runs real Android, is quarantined with a

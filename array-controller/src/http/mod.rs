@@ -18,7 +18,7 @@
 //! | GET    | /v1/claims/{key}                  | broker, operator            |
 //! | DELETE | /v1/claims/{key}                  | broker, operator            |
 //! | POST   | /v1/claims/renew                  | broker, operator            |
-//! | GET    | /v1/events (SSE, Last-Event-ID)   | operator, broker            |
+//! | GET    | /v1/events[?kinds=..] (SSE)       | operator, broker            |
 
 mod auth;
 mod boards;

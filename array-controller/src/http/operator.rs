@@ -2,6 +2,7 @@
 
 use api::rack::{
     BoardView, DeploymentSpec, DeploymentView, InstanceState, InstanceView, JoinToken, JoinTokenRequest,
+    RackEventBody,
 };
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -11,6 +12,7 @@ use serde::Deserialize;
 use service_kit::http_error::{HttpError, JsonBody};
 
 use super::{AppState, auth, bad_query};
+use crate::events::KindFilter;
 
 type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
@@ -158,9 +160,26 @@ pub async fn get_instance(
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     after: Option<u64>,
+    /// Comma-separated event kinds to send (all when absent).
+    kinds: Option<String>,
 }
 
-/// Server-sent events after `Last-Event-ID` (or `?after=`).
+/// Parses `?kinds=`: known kind names, comma-separated, at least one.
+fn parse_kinds(text: &str) -> Result<KindFilter, HttpError> {
+    let mut kinds = Vec::new();
+    for name in text.split(',').map(str::trim) {
+        let kind = RackEventBody::KINDS.iter().find(|k| **k == name).ok_or_else(|| {
+            HttpError::bad_request(
+                "invalid_kind",
+                format!("unknown event kind {name:?}; kinds are {}", RackEventBody::KINDS.join(", ")),
+            )
+        })?;
+        kinds.push(*kind);
+    }
+    Ok(KindFilter::Only(kinds))
+}
+
+/// Server-sent events after `Last-Event-ID` (or `?after=`), of the `?kinds=` asked for.
 pub async fn events(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -180,5 +199,10 @@ pub async fn events(
         None => None,
     };
     let after = last_id.or(query.after).unwrap_or(0);
-    Ok(crate::events::stream(s.rack.db.clone(), &s.rack.hub, after, s.rack.shutdown.clone()).into_response())
+    let kinds = match query.kinds.as_deref() {
+        Some(text) => parse_kinds(text)?,
+        None => KindFilter::All,
+    };
+    let shutdown = s.rack.shutdown.clone();
+    Ok(crate::events::stream(s.rack.db.clone(), &s.rack.hub, after, kinds, shutdown).into_response())
 }

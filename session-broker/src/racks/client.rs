@@ -192,11 +192,16 @@ impl ControllerClient {
         Ok((list, seq))
     }
 
-    /// Opens `GET /v1/events` after `after`.
-    pub async fn events(&self, target: &Target, after: u64) -> Result<reqwest::Response, CallError> {
+    /// Opens `GET /v1/events` after `after`, of the comma-separated `kinds` only.
+    pub async fn events(
+        &self,
+        target: &Target,
+        after: u64,
+        kinds: &str,
+    ) -> Result<reqwest::Response, CallError> {
         let response = self
             .http
-            .get(format!("{}/v1/events", target.url))
+            .get(format!("{}/v1/events?kinds={kinds}", target.url))
             .bearer_auth(&target.token)
             .header("last-event-id", after.to_string())
             .send()

@@ -69,7 +69,8 @@ async fn stream_once(broker: &Arc<Broker>, rack: &str, target: &Target) -> Resul
     // whose log started over (a new database) is followed from its own sequence.
     resnapshot(broker, rack, target).await?;
     let after = broker.with_rack(rack, |r| r.last_event_seq).unwrap_or(0);
-    let mut response = broker.controllers.events(target, after).await.map_err(|e| e.to_string())?;
+    let mut response =
+        broker.controllers.events(target, after, FOLLOWED_KINDS).await.map_err(|e| e.to_string())?;
     broker.with_rack(rack, |r| {
         r.stream_connected = true;
         r.stream_down_since = None;
@@ -100,6 +101,11 @@ async fn stream_once(broker: &Arc<Broker>, rack: &str, target: &Target) -> Resul
         }
     }
 }
+
+/// The event kinds [`apply`] uses: the controller skips the rest (claims the broker made
+/// itself, boards' journal reports, placement failures), which under placement load are most
+/// of a rack's events.
+const FOLLOWED_KINDS: &str = "instance,deployment,board";
 
 fn apply(broker: &Broker, rack: &str, event: RackEvent) {
     let mut capacity = false;

@@ -187,8 +187,9 @@ impl BrokerClient {
         }
         let response = request.send().await.map_err(|e| format!("{method} {path}: {e}"))?;
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let text = response.text().await.map_err(|e| format!("{method} {path}: reading the body: {e}"))?;
-        Ok(Answer { status, body: serde_json::from_str(&text).unwrap_or(Value::Null) })
+        Ok(Answer { status, body: serde_json::from_str(&text).unwrap_or(Value::Null), headers })
     }
 
     /// A request whose 2xx answer parses as `T`; a refusal must be a `{code, message}` body.

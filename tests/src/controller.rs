@@ -122,6 +122,7 @@ pub struct ControllerClient {
 pub struct Answer {
     pub status: u16,
     pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
 }
 
 impl Answer {
@@ -162,8 +163,9 @@ impl ControllerClient {
         }
         let response = request.send().await.map_err(|e| format!("{method} {path}: {e}"))?;
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let text = response.text().await.map_err(|e| format!("{method} {path}: reading the body: {e}"))?;
-        Ok(Answer { status, body: serde_json::from_str(&text).unwrap_or(Value::Null) })
+        Ok(Answer { status, body: serde_json::from_str(&text).unwrap_or(Value::Null), headers })
     }
 
     async fn call<T: DeserializeOwned>(

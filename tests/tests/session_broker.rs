@@ -690,6 +690,14 @@ async fn the_openapi_document_is_3_1_and_lists_every_session_route() {
     let listed: std::collections::BTreeMap<String, &Value> =
         paths.iter().map(|(p, v)| (shape(p), v)).collect();
     let has = |path: &str, method: &str| listed.get(&shape(path)).is_some_and(|v| v[method].is_object());
+    let list = &doc["paths"]["/v1/sessions"]["get"];
+    let params: Vec<&str> =
+        list["parameters"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(params, ["state", "limit", "after"], "{list}");
+    assert!(
+        list["responses"]["200"]["headers"]["x-next-cursor"].is_object(),
+        "the page cursor header: {list}"
+    );
     let sessions = [
         ("/v1/sessions", "post"),
         ("/v1/sessions", "get"),
@@ -824,4 +832,72 @@ async fn finished_sessions_go_after_the_retention_period_and_live_ones_stay() {
         metrics.lines().any(|l| l.starts_with("session_broker_sessions_pruned_total ") && !l.ends_with(" 0")),
         "{metrics}"
     );
+}
+
+// GET /v1/sessions pages: `limit` sessions newest first, an x-next-cursor header while more
+// follow; following the cursors lists every session of the tenant once. Bad limits and
+// cursors are refused with a code.
+#[tokio::test]
+async fn session_lists_come_in_pages_that_cover_every_session_once() {
+    let dir = TestDir::new("sb-pages");
+    let broker = Broker::start(dir.path(), &[]).await;
+    let client = broker.client.clone();
+    client
+        .put_region("east", &serde_json::from_value(json!({"description": "east"})).unwrap())
+        .await
+        .unwrap();
+    client.put_game(GAME, &serde_json::from_value(json!({"name": "g"})).unwrap()).await.unwrap();
+    client.put_version(GAME, "1", &sim_version(1000)).await.unwrap();
+    client
+        .put_game(GAME, &serde_json::from_value(json!({"name": "g", "current_version": "1"})).unwrap())
+        .await
+        .unwrap();
+    let key = client.tenant_with_key("pager").await;
+    let other = client.tenant_with_key("pager-other").await;
+    // No rack: every session waits (queued), which is enough to list them.
+    let mut created = Vec::new();
+    for i in 0..7 {
+        let request = session_request(&format!("p-{i}"), &EAST_NEAR, Some(60_000));
+        created
+            .push(client.create_session(&key, &format!("k-{i}"), &request).await.expect("POST").session.id);
+    }
+    client
+        .create_session(&other, "k-x", &session_request("p-x", &EAST_NEAR, Some(60_000)))
+        .await
+        .expect("POST for the other tenant");
+
+    let mut pages = Vec::new();
+    let mut path = "/v1/sessions?limit=3".to_string();
+    loop {
+        let answer = client.request(Method::GET, &path, Some(&key), &[], None).await.unwrap();
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+        let page: Vec<SessionView> = serde_json::from_value(answer.body.clone()).unwrap();
+        pages.push(page.iter().map(|s| s.id.clone()).collect::<Vec<_>>());
+        assert!(pages.len() <= 3, "the cursors must end: {pages:?}");
+        match answer.headers.get("x-next-cursor").and_then(|v| v.to_str().ok()) {
+            Some(cursor) => path = format!("/v1/sessions?limit=3&after={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 1], "{pages:?}");
+    let listed: Vec<String> = pages.concat();
+    let unpaged: Vec<String> = client.sessions(&key, None).await.unwrap().into_iter().map(|s| s.id).collect();
+    assert_eq!(listed, unpaged, "the pages, in order, are the whole list");
+    let mut sorted = listed.clone();
+    sorted.sort();
+    created.sort();
+    assert_eq!(sorted, created, "every session of the tenant once, none of the other's");
+
+    for (query, code) in [
+        ("limit=0", "invalid_limit"),
+        ("limit=1001", "invalid_limit"),
+        ("after=garbage", "invalid_cursor"),
+        ("after=12.", "invalid_cursor"),
+        ("limit=abc", "invalid_query"),
+    ] {
+        let answer =
+            client.request(Method::GET, &format!("/v1/sessions?{query}"), Some(&key), &[], None).await;
+        let answer = answer.unwrap();
+        assert_eq!((answer.status, answer.code()), (400, code), "{query}: {answer:?}");
+    }
 }

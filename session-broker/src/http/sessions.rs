@@ -82,19 +82,31 @@ pub async fn create(
 pub struct ListQuery {
     /// Only sessions in this state.
     state: Option<String>,
+    /// At most this many sessions (1-1000, default 1000).
+    limit: Option<u32>,
+    /// Continue after this cursor: the `x-next-cursor` header of the previous page.
+    after: Option<String>,
 }
 
-/// This tenant's sessions, newest first (at most 1000).
+/// Header of `GET /v1/sessions` when more sessions follow the page.
+pub const NEXT_CURSOR_HEADER: &str = "x-next-cursor";
+
+/// This tenant's sessions, newest first, a page at a time.
 #[utoipa::path(
     get, path = "/v1/sessions", tag = "sessions", params(ListQuery),
-    responses((status = 200, body = Vec<SessionView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    responses(
+        (status = 200, body = Vec<SessionView>, headers(
+            ("x-next-cursor" = String, description = "Present when more sessions follow: pass it as `after` for the next page")
+        )),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)
+    ),
     security(("bearer" = []))
 )]
 pub async fn list(
     State(s): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Vec<SessionView>>, HttpError> {
+) -> Result<(HeaderMap, Json<Vec<SessionView>>), HttpError> {
     let (tenant, _) = auth::tenant(&s.broker, &headers, "list sessions")?;
     let Query(query) = query.map_err(bad_query)?;
     let state = match query.state.as_deref() {
@@ -103,8 +115,34 @@ pub async fn list(
             HttpError::bad_request("invalid_state", format!("unknown session state {text:?}"))
         })?),
     };
-    let rows = store::list(&s.broker.db, &tenant, state, LIST_LIMIT)?;
-    Ok(Json(rows.iter().map(|r| r.view()).collect()))
+    let limit = match query.limit {
+        None => LIST_LIMIT,
+        Some(n @ 1..=LIST_LIMIT) => n,
+        Some(n) => {
+            return Err(HttpError::bad_request(
+                "invalid_limit",
+                format!("limit {n} is out of range: ask for 1 to {LIST_LIMIT} sessions"),
+            ));
+        }
+    };
+    let cursor = match query.after.as_deref() {
+        None => None,
+        Some(text) => Some(store::ListCursor::decode(text).ok_or_else(|| {
+            HttpError::bad_request("invalid_cursor", "after must be an x-next-cursor header value")
+        })?),
+    };
+    // One more than the page tells whether another page follows.
+    let mut rows = store::list(&s.broker.db, &tenant, state, cursor.as_ref(), limit + 1)?;
+    let mut answer_headers = HeaderMap::new();
+    if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        if let Some(last) = rows.last()
+            && let Ok(value) = store::ListCursor::after(last).encode().parse()
+        {
+            answer_headers.insert(NEXT_CURSOR_HEADER, value);
+        }
+    }
+    Ok((answer_headers, Json(rows.iter().map(|r| r.view()).collect())))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -267,20 +267,48 @@ pub fn extend_lease(db: &Db, id: &str, until_ms: u64) -> Result<bool, BrokerErro
     })
 }
 
-/// A tenant's sessions, newest first, optionally in one state.
+/// Where a page of [`list`] ends: the last session's creation time and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    pub created_ms: u64,
+    pub id: String,
+}
+
+impl ListCursor {
+    /// The cursor after `row`.
+    pub fn after(row: &SessionRow) -> ListCursor {
+        ListCursor { created_ms: row.created_ms, id: row.id.clone() }
+    }
+
+    /// The opaque text form, `<created_ms>.<id>`.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.created_ms, self.id)
+    }
+
+    pub fn decode(text: &str) -> Option<ListCursor> {
+        let (ms, id) = text.split_once('.')?;
+        let created_ms = ms.parse().ok().filter(|ms| *ms <= i64::MAX as u64)?;
+        (!id.is_empty()).then(|| ListCursor { created_ms, id: id.to_string() })
+    }
+}
+
+/// A tenant's sessions, newest first (ties by id), optionally in one state, after `cursor`.
 pub fn list(
     db: &Db,
     tenant: &str,
     state: Option<SessionState>,
+    cursor: Option<&ListCursor>,
     limit: u32,
 ) -> Result<Vec<SessionRow>, BrokerError> {
     db.read(|c| {
         let sql = format!(
             "SELECT {COLUMNS} FROM sessions WHERE tenant = ?1 AND (?2 IS NULL OR state = ?2)
-             ORDER BY created_ms DESC, id LIMIT ?3"
+               AND (?3 IS NULL OR created_ms < ?3 OR (created_ms = ?3 AND id > ?4))
+             ORDER BY created_ms DESC, id LIMIT ?5"
         );
         let mut stmt = c.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![tenant, state.map(|s| s.as_str()), limit], from_row)?;
+        let (ms, id) = cursor.map_or((None, None), |k| (Some(k.created_ms as i64), Some(k.id.as_str())));
+        let rows = stmt.query_map(params![tenant, state.map(|s| s.as_str()), ms, id, limit], from_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     })
 }
@@ -377,6 +405,37 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn pages_after_a_cursor_cover_every_session_once_newest_first() {
+        let db = crate::db::test_db();
+        // Two sessions share a creation time: the cursor must not lose or repeat either.
+        for (i, ms) in [1000, 2000, 2000, 3000, 4000].iter().enumerate() {
+            let row = SessionRow { created_ms: *ms, ..row(&format!("s{i}"), &format!("k{i}")) };
+            assert!(insert(&db, &row).unwrap());
+        }
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = list(&db, "t", None, cursor.as_ref(), 2).unwrap();
+            seen.extend(page.iter().map(|r| r.id.clone()));
+            match page.last() {
+                Some(last) if page.len() == 2 => cursor = Some(ListCursor::after(last)),
+                _ => break,
+            }
+        }
+        assert_eq!(seen, ["s4", "s3", "s1", "s2", "s0"]);
+        assert!(list(&db, "other", None, None, 10).unwrap().is_empty(), "another tenant's are not listed");
+    }
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_no_cursor() {
+        let cursor = ListCursor { created_ms: 1_700_000_000_123, id: "s-0a1b".into() };
+        assert_eq!(ListCursor::decode(&cursor.encode()), Some(cursor));
+        for bad in ["", "123", "abc.s-1", "123.", "-5.s-1", "99999999999999999999.s-1", ".s-1"] {
+            assert_eq!(ListCursor::decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn pruning_deletes_only_sessions_that_finished_before_the_cutoff() {
         let db = crate::db::test_db();
         let states = SessionState::ALL;
@@ -443,7 +502,7 @@ pub(crate) mod tests {
             !transition(&db, "s-1", &[SessionState::Active], SessionState::Expired, None, None, 3).unwrap()
         );
         assert_eq!(get(&db, "s-1").unwrap().unwrap().reason.as_deref(), Some("x"));
-        assert_eq!(list(&db, "t", Some(SessionState::Ended), 10).unwrap().len(), 1);
-        assert!(list(&db, "other", None, 10).unwrap().is_empty());
+        assert_eq!(list(&db, "t", Some(SessionState::Ended), None, 10).unwrap().len(), 1);
+        assert!(list(&db, "other", None, None, 10).unwrap().is_empty());
     }
 }

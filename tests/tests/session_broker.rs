@@ -242,6 +242,16 @@ async fn ended_and_lapsed_sessions_recycle_their_instance_and_a_heart_beated_one
     let held = client.heartbeat(&setup.key, &s3.id).await.expect("heartbeat");
     assert_eq!(held.state, SessionState::Active);
     assert!(unix_ms(held.lease_expires_at.as_deref().unwrap()) > now_ms(), "{held:#?}");
+    // The heartbeat answers with the stored session (its lease at least as far as the answer's).
+    let read = client.session(&setup.key, &s3.id).await.expect("GET after the heartbeat");
+    let lease = |v: &SessionView| unix_ms(v.lease_expires_at.as_deref().unwrap());
+    assert!(lease(&read) >= lease(&held), "{held:#?} {read:#?}");
+    let without_lease = |v: &SessionView| {
+        let mut json = serde_json::to_value(v).unwrap();
+        json["lease_expires_at"] = Value::Null;
+        json
+    };
+    assert_eq!(without_lease(&held), without_lease(&read), "the heartbeat answers with the stored session");
     let claim = setup.west.client().get_claim(&s3.id).await.expect("s3's claim");
     assert_eq!(claim.state, ClaimState::Active, "{claim:#?}");
     let still = setup.west.instance(deployment, &s3_instance.id).await;

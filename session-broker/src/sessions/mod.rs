@@ -409,12 +409,19 @@ pub fn heartbeat(broker: &Broker, tenant: &str, id: &str) -> Result<SessionRow, 
             ),
         ));
     }
-    if row.state == SessionState::Active {
-        let until = now_ms() + broker.config.session_lease.as_millis() as u64;
-        if store::extend_lease(&broker.db, id, until)? {
-            broker.leases.extend(id, until);
-        }
+    if row.state != SessionState::Active {
+        // Queued or placing: no lease yet, nothing to extend.
+        return Ok(row);
     }
+    let until = now_ms() + broker.config.session_lease.as_millis() as u64;
+    if store::extend_lease(&broker.db, id, until)? {
+        broker.leases.extend(id, until);
+        // Only the lease moved, and never backwards: no second read (a heartbeat per player
+        // every few seconds is the broker's most frequent write).
+        let lease = row.lease_expires_ms.map_or(until, |l| l.max(until));
+        return Ok(SessionRow { lease_expires_ms: Some(lease), ..row });
+    }
+    // It left `active` meanwhile: answer with what it is now.
     get_own(broker, tenant, id)
 }
 

@@ -752,6 +752,24 @@ impl Shape {
 /// broker seeing them warm), and tenant [`TENANT`] with a key. Each board has one CPU and holds
 /// exactly one instance. Fields drop in order: the broker, the racks (controllers, daemons,
 /// containers), then the directory.
+/// The catalog every test starts from: regions east and west, and [`GAME`] with [`VERSION`]
+/// (android-sim) as its current version.
+pub async fn put_catalog(client: &BrokerClient) {
+    for (region, description) in [("east", "east coast"), ("west", "west coast")] {
+        let view = client
+            .put_region(region, &RegionSpec { description: description.into() })
+            .await
+            .unwrap_or_else(|e| panic!("PUT region {region}: {e:?}"));
+        assert_eq!(view.id, region);
+    }
+    let mut game: GameSpec = serde_json::from_value(json!({"name": "E2E game"})).expect("a game spec");
+    client.put_game(GAME, &game).await.expect("PUT game");
+    client.put_version(GAME, VERSION, &sim_version(1000)).await.expect("PUT version");
+    game.current_version = Some(VERSION.to_string());
+    let view = client.put_game(GAME, &game).await.expect("PUT game with its current version");
+    assert_eq!(view.spec.current_version.as_deref(), Some(VERSION), "{view:#?}");
+}
+
 pub struct Setup {
     pub broker: Broker,
     pub east: BrokerRack,
@@ -769,19 +787,7 @@ impl Setup {
         let dir = TestDir::new(name);
         let broker = Broker::start(dir.path(), &[]).await;
         let client = broker.client.clone();
-        for (region, description) in [("east", "east coast"), ("west", "west coast")] {
-            let view = client
-                .put_region(region, &RegionSpec { description: description.into() })
-                .await
-                .unwrap_or_else(|e| panic!("PUT region {region}: {e:?}"));
-            assert_eq!(view.id, region);
-        }
-        let mut game: GameSpec = serde_json::from_value(json!({"name": "E2E game"})).expect("a game spec");
-        client.put_game(GAME, &game).await.expect("PUT game");
-        client.put_version(GAME, VERSION, &sim_version(1000)).await.expect("PUT version");
-        game.current_version = Some(VERSION.to_string());
-        let view = client.put_game(GAME, &game).await.expect("PUT game with its current version");
-        assert_eq!(view.spec.current_version.as_deref(), Some(VERSION), "{view:#?}");
+        put_catalog(&client).await;
 
         // East boards start at CPU 0, west ones at CPU 1, so a one-board region each has its own CPU.
         let east = BrokerRack::start_with(

@@ -15,8 +15,8 @@ use std::time::Duration;
 use api::broker::{AutoWarm, RackHealth, SessionState, SessionView, WarmTargetSpec};
 use api::rack::{ClaimState, InstanceState};
 use e2e::broker::{
-    Broker, GAME, OPERATOR_TOKEN, READY_TIMEOUT, SESSION_LEASE_MS, Setup, Shape, now_ms, session_request,
-    sim_version, unix_ms, warm_of,
+    Broker, GAME, OPERATOR_TOKEN, READY_TIMEOUT, SESSION_LEASE_MS, Setup, Shape, now_ms, put_catalog,
+    session_request, sim_version, unix_ms, warm_of,
 };
 use e2e::stream::play;
 use e2e::{TestDir, ensure_image, try_docker_inspect, wait_until};
@@ -797,16 +797,7 @@ async fn finished_sessions_go_after_the_retention_period_and_live_ones_stay() {
     let dir = TestDir::new("sb-retention");
     let broker = Broker::start(dir.path(), &["--session-retention-ms", "2000"]).await;
     let client = broker.client.clone();
-    client
-        .put_region("east", &serde_json::from_value(json!({"description": "east"})).unwrap())
-        .await
-        .unwrap();
-    client.put_game(GAME, &serde_json::from_value(json!({"name": "g"})).unwrap()).await.unwrap();
-    client.put_version(GAME, "1", &sim_version(1000)).await.unwrap();
-    client
-        .put_game(GAME, &serde_json::from_value(json!({"name": "g", "current_version": "1"})).unwrap())
-        .await
-        .unwrap();
+    put_catalog(&client).await;
     let key = client.tenant_with_key("retained").await;
 
     let short = session_request("p-short", &EAST_NEAR, Some(300));
@@ -852,16 +843,7 @@ async fn session_lists_come_in_pages_that_cover_every_session_once() {
     let dir = TestDir::new("sb-pages");
     let broker = Broker::start(dir.path(), &[]).await;
     let client = broker.client.clone();
-    client
-        .put_region("east", &serde_json::from_value(json!({"description": "east"})).unwrap())
-        .await
-        .unwrap();
-    client.put_game(GAME, &serde_json::from_value(json!({"name": "g"})).unwrap()).await.unwrap();
-    client.put_version(GAME, "1", &sim_version(1000)).await.unwrap();
-    client
-        .put_game(GAME, &serde_json::from_value(json!({"name": "g", "current_version": "1"})).unwrap())
-        .await
-        .unwrap();
+    put_catalog(&client).await;
     let key = client.tenant_with_key("pager").await;
     let other = client.tenant_with_key("pager-other").await;
     // No rack: every session waits (queued), which is enough to list them.

@@ -103,8 +103,8 @@ async fn stream_once(broker: &Arc<Broker>, rack: &str, target: &Target) -> Resul
 }
 
 /// The event kinds [`apply`] uses: the controller skips the rest (claims the broker made
-/// itself, boards' journal reports, placement failures), which under placement load are most
-/// of a rack's events.
+/// itself, boards' journal reports, placement failures). In `bench_sessions` claim events are
+/// about a quarter of a rack's events; real boards add their journal reports.
 const FOLLOWED_KINDS: &str = "instance,deployment,board";
 
 fn apply(broker: &Broker, rack: &str, event: RackEvent) {

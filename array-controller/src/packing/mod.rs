@@ -55,8 +55,8 @@
 //! short before (308 of 319); first fit is 1-48% short. A batch costs 2-170 ms of CPU whether
 //! it fits or not (mostly the first pass and the enumeration; an LP solve takes about 1 ms).
 //! Unmet batches used to cost 1-4 s in the search, which the bound now stops. On a rack churned
-//! to 30-40 classes the plan takes 4-40 ms. The pool reconciler still packs outside the write
-//! lock.
+//! to 30-40 classes the plan takes 4-40 ms (those figures predate judging boards by their totals
+//! first, see ARCHITECTURE.md). The pool reconciler still packs outside the write lock.
 
 pub mod classes;
 pub mod configs;

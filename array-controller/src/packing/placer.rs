@@ -594,9 +594,12 @@ pub(super) fn admits(board: &BoardState, req: &PlacementRequest) -> Result<(), R
 /// The placement on `board` and the board's load, or why the board cannot take the instance.
 fn fit(board: &BoardState, req: &PlacementRequest, scale: &Scale) -> Result<(Placement, Load), Reason> {
     admits(board, req)?;
-    let usage = BoardUsage::of(&board.placed);
+    // Most boards of a busy rack are turned away by these totals: the full usage (per-CPU
+    // charges, ports, groups) is built only for those that pass.
+    let (usage, in_group) =
+        BoardUsage::totals_of(&board.placed, req.anti_affinity.as_ref().map(|aa| aa.key.as_str()));
     if let Some(aa) = &req.anti_affinity {
-        let count = usage.groups.get(&aa.key).copied().unwrap_or(0);
+        let count = in_group;
         if count >= aa.max_per_board {
             return Err(Reason::AntiAffinity { key: aa.key.clone(), count, max: aa.max_per_board });
         }
@@ -618,6 +621,7 @@ fn fit(board: &BoardState, req: &PlacementRequest, scale: &Scale) -> Result<(Pla
     if req.encoder_slots > free_encoder {
         return Err(Reason::EncoderSlots { needed: req.encoder_slots, free: free_encoder });
     }
+    let usage = BoardUsage::of(&board.placed);
     let Some(ports) = usage.free_ports(cap.ports, PORTS_PER_INSTANCE) else {
         let (start, end) = (cap.ports.start, cap.ports.end);
         return Err(Reason::Ports { free: usage.free_port_count(cap.ports), start, end });

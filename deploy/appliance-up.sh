@@ -9,10 +9,11 @@
 #   deploy/appliance-up.sh --reset    forget the previous state first
 #
 # Environment: APPLIANCE_BOARDS_PER_RACK (default 2), APPLIANCE_WARM (warm instances per
-# region, default 2), APPLIANCE_TIMEOUT (seconds to wait for warm instances, default 300).
+# region, default 2), APPLIANCE_TIMEOUT (seconds to wait for warm instances, default 300),
+# APPLIANCE_STATE (the state directory, default .appliance/ in the repository).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-state="$root/.appliance"
+state="${APPLIANCE_STATE:-$root/.appliance}"
 boards_per_rack=${APPLIANCE_BOARDS_PER_RACK:-2}
 warm=${APPLIANCE_WARM:-2}
 warm_timeout=${APPLIANCE_TIMEOUT:-300}

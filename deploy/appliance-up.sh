@@ -293,13 +293,13 @@ ${board_lines}  logs         $state/{broker,east-1,west-1}.log, $state/<board>.l
     read -r ID HOST PORT TOKEN < <(echo "\$S" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["id"], s["endpoint"]["host"], s["endpoint"]["stream_port"], s["token"])'); exec 3<>/dev/tcp/\$HOST/\$PORT; echo "HELLO \$TOKEN" >&3; head -c 3300 <&3 | grep -aoE '^OK .*|FRAME [0-9]+ [0-9]+ [0-9]+'; exec 3<&-
 
   Why the session went where it went:
-    curl -s -H "Authorization: Bearer $key" $broker/v1/sessions/\$ID/explain
+    curl -s -H "Authorization: Bearer $key" $broker/v1/sessions/\$ID/explain; echo
 
   End the session (its instance is recreated and comes back warm):
-    curl -s -X DELETE -H "Authorization: Bearer $key" $broker/v1/sessions/\$ID
+    curl -s -X DELETE -H "Authorization: Bearer $key" $broker/v1/sessions/\$ID; echo
 
   The racks as the broker sees them:
-    curl -s -H "Authorization: Bearer $op" $broker/v1/racks
+    curl -s -H "Authorization: Bearer $op" $broker/v1/racks; echo
 
   Ctrl-C stops the appliance.
 INFO

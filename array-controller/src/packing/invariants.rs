@@ -112,29 +112,14 @@ pub fn check_board(board: &BoardState) -> Result<(), Overcommit> {
 
 #[cfg(test)]
 mod tests {
-    use api::instance::InstancePorts;
-
     use super::*;
-    use crate::packing::tests::{class, facts};
+    use crate::packing::tests::{class, facts, placement};
     use crate::packing::{BoardState, Placement};
 
     fn board() -> BoardState {
         let mut f = facts("aarch64", None, 4096);
         f.host_port_range = api::facts::PortRange { start: 100, end: 109 };
         BoardState::new(&f, &class(1000, Some("mali"), 1, 1))
-    }
-
-    fn placement(cpus: &[u32], millicores: u32, ports: (u16, u16)) -> Placement {
-        Placement {
-            board_id: "b".into(),
-            cpus: cpus.to_vec(),
-            millicores,
-            memory_mib: 1024,
-            gpu_slots: 1,
-            encoder_slots: 0,
-            ports: InstancePorts { adb: ports.0, stream: ports.1 },
-            group: None,
-        }
     }
 
     #[test]

@@ -279,14 +279,8 @@ mod tests {
 
     fn placed(cpus: &[u32], millicores: u32, port: u16, group: Option<&str>) -> Placement {
         Placement {
-            board_id: "b".into(),
-            cpus: cpus.to_vec(),
-            millicores,
-            memory_mib: 1024,
-            gpu_slots: 1,
-            encoder_slots: 1,
-            ports: api::instance::InstancePorts { adb: port, stream: port + 1 },
             group: group.map(str::to_string),
+            ..crate::packing::tests::placement(cpus, millicores, (port, port + 1))
         }
     }
 

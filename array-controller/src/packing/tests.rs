@@ -92,6 +92,21 @@ pub(crate) fn request(millicores: u32, memory_mib: u64) -> PlacementRequest {
     }
 }
 
+/// A placement on board `b` of `millicores` over `cpus` with 1 GiB, one GPU slot and host
+/// `ports`, no encoder slot and no anti-affinity key.
+pub(crate) fn placement(cpus: &[u32], millicores: u32, ports: (u16, u16)) -> Placement {
+    Placement {
+        board_id: "b".into(),
+        cpus: cpus.to_vec(),
+        millicores,
+        memory_mib: 1024,
+        gpu_slots: 1,
+        encoder_slots: 0,
+        ports: api::instance::InstancePorts { adb: ports.0, stream: ports.1 },
+        group: None,
+    }
+}
+
 /// Independent oracle: can `board` hold `req` as it stands? Checks every k-subset of CPUs.
 fn could_hold(board: &BoardState, req: &PlacementRequest) -> bool {
     let cap = &board.capacity;

@@ -35,7 +35,9 @@
 //!    the summed wall time of the rounds; latency under load as well. This is the capacity.
 //! 3. Paced: N placements offered open-loop at R per second (default 2,000), whatever the
 //!    answers; each latency counts from the request's scheduled start. This is the goal's
-//!    operating point: p50 and p99 at 2,000 sessions/s.
+//!    operating point: p50 and p99 at 2,000 sessions/s. Also given by the quarter of its round
+//!    a placement was offered in: the replacements a round's claims set off (the broker pushes
+//!    pool sizes at most every 100 ms) land in its later quarters, and so does the tail.
 //!
 //! A `202 queued` answer is not a placement: it counts apart, in neither latency nor rate.
 //!
@@ -218,6 +220,19 @@ struct Phase {
     cpu: BTreeMap<String, Duration>,
     /// How the machine's cores were spent during the timed rounds.
     machine: MachineTicks,
+    /// Paced rounds only: latencies by the quarter of its round a placement was offered in
+    /// (work a round's claims set off lands in its later quarters).
+    by_quarter: [Vec<Duration>; 4],
+}
+
+/// Percentile `q` (0..=1) of `latencies` in ms (NaN when there are none).
+fn percentile_ms(latencies: &[Duration], q: f64) -> f64 {
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
 impl Phase {
@@ -231,12 +246,7 @@ impl Phase {
 
     /// Percentile `q` (0..=1) in ms.
     fn pct(&self, q: f64) -> f64 {
-        let mut sorted = self.latencies.clone();
-        sorted.sort();
-        if sorted.is_empty() {
-            return f64::NAN;
-        }
-        sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)].as_secs_f64() * 1000.0
+        percentile_ms(&self.latencies, q)
     }
 
     /// CPU ms per placement of each process during the timed rounds.
@@ -249,6 +259,11 @@ impl Phase {
     fn machine_json(&self) -> Value {
         let (busy, idle, steal) = self.machine.percentages();
         json!({"busy": busy, "idle": idle, "steal": steal})
+    }
+
+    /// Percentile `q` (0..=1) in ms of each quarter of the paced rounds (empty quarters: NaN).
+    fn quarter_pcts(&self, q: f64) -> [f64; 4] {
+        std::array::from_fn(|i| percentile_ms(&self.by_quarter[i], q))
     }
 
     fn mean(&self) -> f64 {
@@ -271,6 +286,10 @@ impl Phase {
             "per_second": self.per_second(),
             "timed_wall_s": self.wall.as_secs_f64(),
             "cpu_ms_per_placement": self.cpu_per_placement(),
+            "latency_ms_by_round_quarter": (0..4)
+                .filter(|&i| !self.by_quarter[i].is_empty())
+                .map(|i| json!({"quarter": i + 1, "p50": self.quarter_pcts(0.5)[i], "p99": self.quarter_pcts(0.99)[i]}))
+                .collect::<Vec<_>>(),
             "machine_percent": self.machine_json(),
         })
     }
@@ -549,6 +568,18 @@ async fn main() -> anyhow::Result<()> {
         args.concurrency,
         verdict(all_placed)
     );
+    let quarters = |phase: &Phase, q: f64| {
+        phase.quarter_pcts(q).iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(" / ")
+    };
+    println!(
+        "paced, by quarter of each round of {ROUND} (offered over {:.0} ms): session p50 {} ms, p99 {} ms; \
+         raw claim p50 {} ms, p99 {} ms",
+        ROUND as f64 * 1000.0 / f64::from(args.rate),
+        quarters(paced, 0.5),
+        quarters(paced, 0.99),
+        quarters(paced_raw, 0.5),
+        quarters(paced_raw, 0.99)
+    );
     println!("sessions by rack (sequential): {:?}; (concurrent): {:?}", seq.by_rack, con.by_rack);
 
     for reporter in &reporters {
@@ -617,7 +648,8 @@ impl Bench {
                 *phase.cpu.entry(name).or_default() += after.saturating_sub(before);
             }
             let mut handles = Vec::new();
-            for outcome in outcomes {
+            let paced = matches!(load, Load::Paced(_));
+            for (position, outcome) in outcomes.into_iter().enumerate() {
                 match outcome {
                     // A queued session was not placed: it is ended like the others but counts
                     // neither in the latencies nor in the rate.
@@ -627,6 +659,9 @@ impl Bench {
                     }
                     Ok(placed) => {
                         phase.latencies.push(placed.latency);
+                        if paced {
+                            phase.by_quarter[position * 4 / round].push(placed.latency);
+                        }
                         *phase.by_rack.entry(placed.rack).or_default() += 1;
                         handles.push(placed.handle);
                     }

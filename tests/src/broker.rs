@@ -747,11 +747,6 @@ impl Shape {
     pub const ONE_EACH: Shape = Shape { east_boards: 1, west_boards: 1, east_warm: 1, west_warm: 1 };
 }
 
-/// A broker with region `east` (rack `east-1`) and region `west` (rack `west-1`), game
-/// [`GAME`] version [`VERSION`] current, warm targets per region (all instances ready, and the
-/// broker seeing them warm), and tenant [`TENANT`] with a key. Each board has one CPU and holds
-/// exactly one instance. Fields drop in order: the broker, the racks (controllers, daemons,
-/// containers), then the directory.
 /// The catalog every test starts from: regions east and west, and [`GAME`] with [`VERSION`]
 /// (android-sim) as its current version.
 pub async fn put_catalog(client: &BrokerClient) {
@@ -770,6 +765,11 @@ pub async fn put_catalog(client: &BrokerClient) {
     assert_eq!(view.spec.current_version.as_deref(), Some(VERSION), "{view:#?}");
 }
 
+/// A broker with region `east` (rack `east-1`) and region `west` (rack `west-1`), game
+/// [`GAME`] version [`VERSION`] current, warm targets per region (all instances ready, and the
+/// broker seeing them warm), and tenant [`TENANT`] with a key. Each board has one CPU and holds
+/// exactly one instance. Fields drop in order: the broker, the racks (controllers, daemons,
+/// containers), then the directory.
 pub struct Setup {
     pub broker: Broker,
     pub east: BrokerRack,

@@ -598,11 +598,10 @@ fn fit(board: &BoardState, req: &PlacementRequest, scale: &Scale) -> Result<(Pla
     // charges, ports, groups) is built only for those that pass.
     let (usage, in_group) =
         BoardUsage::totals_of(&board.placed, req.anti_affinity.as_ref().map(|aa| aa.key.as_str()));
-    if let Some(aa) = &req.anti_affinity {
-        let count = in_group;
-        if count >= aa.max_per_board {
-            return Err(Reason::AntiAffinity { key: aa.key.clone(), count, max: aa.max_per_board });
-        }
+    if let Some(aa) = &req.anti_affinity
+        && in_group >= aa.max_per_board
+    {
+        return Err(Reason::AntiAffinity { key: aa.key.clone(), count: in_group, max: aa.max_per_board });
     }
     let cap = &board.capacity;
     let free_memory = cap.memory_mib.saturating_sub(usage.memory_mib);

@@ -70,9 +70,14 @@ pub fn cpu_split(millicores: u32) -> (usize, u32, u32) {
 pub fn cpu_charges(cpus: &[u32], millicores: u32) -> Vec<(u32, u32)> {
     let mut sorted = cpus.to_vec();
     sorted.sort_unstable();
+    sorted_cpu_charges(&sorted, millicores).collect()
+}
+
+/// [`cpu_charges`] of a cpuset already in ascending order, without allocating.
+fn sorted_cpu_charges(sorted: &[u32], millicores: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
     let n = sorted.len().max(1) as u32;
     let (share, rem) = (millicores / n, millicores % n);
-    sorted.into_iter().enumerate().map(|(i, cpu)| (cpu, share + u32::from((i as u32) < rem))).collect()
+    sorted.iter().enumerate().map(move |(i, &cpu)| (cpu, share + u32::from((i as u32) < rem)))
 }
 
 /// What a board's placements use. Totals saturate instead of overflowing, so nonsense input
@@ -132,10 +137,8 @@ impl BoardUsage {
         // Stored cpusets are ascending, so the charges are usually worked out in place; an
         // unsorted one goes through `cpu_charges`, which sorts a copy.
         if p.cpus.is_sorted() {
-            let n = p.cpus.len().max(1) as u32;
-            let (share, rem) = (p.millicores / n, p.millicores % n);
-            for (i, &cpu) in p.cpus.iter().enumerate() {
-                self.charge(cpu, share + u32::from((i as u32) < rem));
+            for (cpu, charge) in sorted_cpu_charges(&p.cpus, p.millicores) {
+                self.charge(cpu, charge);
             }
         } else {
             for (cpu, charge) in cpu_charges(&p.cpus, p.millicores) {

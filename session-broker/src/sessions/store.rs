@@ -303,11 +303,14 @@ pub fn list(
     db.read(|c| {
         let sql = format!(
             "SELECT {COLUMNS} FROM sessions WHERE tenant = ?1 AND (?2 IS NULL OR state = ?2)
-               AND (?3 IS NULL OR created_ms < ?3 OR (created_ms = ?3 AND id > ?4))
+               AND created_ms <= ?3 AND (created_ms < ?3 OR id > ?4)
              ORDER BY created_ms DESC, id LIMIT ?5"
         );
         let mut stmt = c.prepare_cached(&sql)?;
-        let (ms, id) = cursor.map_or((None, None), |k| (Some(k.created_ms as i64), Some(k.id.as_str())));
+        // Without a cursor the bounds admit every session. Always bound, so that the search of
+        // the tenant index starts at the cursor (`created_ms <= ?3` is a range on it) instead of
+        // walking every newer session again for each page.
+        let (ms, id) = cursor.map_or((i64::MAX, ""), |k| (k.created_ms as i64, k.id.as_str()));
         let rows = stmt.query_map(params![tenant, state.map(|s| s.as_str()), ms, id, limit], from_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     })

@@ -525,7 +525,6 @@ fn bound_check(seed: u64, players: usize, load: f64, fusion_total: f64) -> serde
 }
 
 fn quality(seed: u64, players: usize, load: f64) -> serde_json::Value {
-    let mean_hold_ms = MEAN_HOLD_MS;
     let total: u32 = CAPACITY.iter().sum();
     let trace = synthetic_trace(seed, players, load);
     let at = trace.last().map_or(0.0, |a| a.at_ms as f64);
@@ -620,7 +619,7 @@ fn quality(seed: u64, players: usize, load: f64) -> serde_json::Value {
         at / 60_000.0,
         CAPACITY,
         REGIONS.iter().map(|r| r.0).collect::<Vec<_>>(),
-        mean_hold_ms / 1e3,
+        MEAN_HOLD_MS / 1e3,
         load * 100.0,
         DEADLINE_MS / 1000
     );
@@ -654,7 +653,7 @@ fn quality(seed: u64, players: usize, load: f64) -> serde_json::Value {
     );
     json!({
         "trace": { "seed": seed, "players": players, "regions": REGIONS.iter().map(|r| r.0).collect::<Vec<_>>(),
-                   "capacity": CAPACITY, "mean_hold_ms": mean_hold_ms, "offered_load": load,
+                   "capacity": CAPACITY, "mean_hold_ms": MEAN_HOLD_MS, "offered_load": load,
                    "deadline_ms": DEADLINE_MS, "step_ms": STEP_MS },
         "fusion": f, "region_blind_round_robin": b, "greedy_nearest_free": g,
         "nearest_region_capacity_ignored": { "mean_rtt_ms": nearest_mean },

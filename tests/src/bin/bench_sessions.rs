@@ -288,7 +288,8 @@ impl Phase {
             "cpu_ms_per_placement": self.cpu_per_placement(),
             "latency_ms_by_round_quarter": (0..4)
                 .filter(|&i| !self.by_quarter[i].is_empty())
-                .map(|i| json!({"quarter": i + 1, "p50": self.quarter_pcts(0.5)[i], "p99": self.quarter_pcts(0.99)[i]}))
+                .map(|i| json!({"quarter": i + 1, "p50": percentile_ms(&self.by_quarter[i], 0.5),
+                                "p99": percentile_ms(&self.by_quarter[i], 0.99)}))
                 .collect::<Vec<_>>(),
             "machine_percent": self.machine_json(),
         })

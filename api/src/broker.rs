@@ -17,6 +17,9 @@ pub const DEFAULT_DEADLINE_MS: u64 = 30_000;
 pub const MAX_DEADLINE_MS: u64 = 600_000;
 /// Highest RTT a player may report for a region; anything above is a measurement error.
 pub const MAX_RTT_MS: f64 = 10_000.0;
+/// Most regions a player's `rtt_ms` or `loss` map may name: every entry is stored with the
+/// session, sampled for the region prices and read on every decision.
+pub const MAX_MEASURED_REGIONS: usize = 64;
 
 // --- sessions ----------------------------------------------------------------------------------
 
@@ -96,6 +99,14 @@ impl SessionRequest {
             && ip.parse::<std::net::IpAddr>().is_err()
         {
             return Err(RequestError::new("invalid_ip", format!("player.ip {ip:?} is not an IP address")));
+        }
+        for (field, count) in [("rtt_ms", p.rtt_ms.len()), ("loss", p.loss.len())] {
+            if count > MAX_MEASURED_REGIONS {
+                return Err(RequestError::new(
+                    "too_many_regions",
+                    format!("player.{field} names {count} regions; at most {MAX_MEASURED_REGIONS} are taken"),
+                ));
+            }
         }
         for (region, rtt) in &p.rtt_ms {
             if !crate::ids::is_valid_id(region) {
@@ -639,6 +650,24 @@ mod tests {
         for (body, code) in cases {
             let err = request(body.clone()).unwrap().validate().expect_err(&body.to_string());
             assert_eq!(err.code, code, "{body}");
+        }
+    }
+
+    #[test]
+    fn a_player_may_name_at_most_64_regions() {
+        let map =
+            |n: usize| serde_json::Value::Object((0..n).map(|i| (format!("r{i}"), 10.into())).collect());
+        let with = |field: &str, n: usize| {
+            let mut body = serde_json::json!({"game": "g", "player": {"id": "p"}});
+            body["player"][field] = map(n);
+            request(body).unwrap().validate()
+        };
+        with("rtt_ms", MAX_MEASURED_REGIONS).unwrap();
+        with("loss", MAX_MEASURED_REGIONS).unwrap_err(); // 10 is no ratio: the count passed
+        for field in ["rtt_ms", "loss"] {
+            let err = with(field, MAX_MEASURED_REGIONS + 1).unwrap_err();
+            assert_eq!(err.code, "too_many_regions", "{field}");
+            assert!(err.message.contains(field), "{}", err.message);
         }
     }
 

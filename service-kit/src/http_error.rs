@@ -71,8 +71,12 @@ impl IntoResponse for HttpError {
     }
 }
 
+/// The most a JSON body may hold: axum's default limit, which no router changes.
+pub const BODY_LIMIT_BYTES: usize = 2 * 1024 * 1024;
+
 /// Maps axum's JSON extractor failures onto our error body, so malformed bodies and unknown
-/// fields get `400 invalid_body` instead of axum's plain-text answer.
+/// fields get `400 invalid_body` (an oversized body `413 body_too_large`) instead of axum's
+/// plain-text answer.
 pub fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> HttpError {
     use axum::extract::rejection::JsonRejection as R;
     match rejection {
@@ -80,6 +84,11 @@ pub fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> Htt
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the body as JSON with 'Content-Type: application/json'",
+        ),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => HttpError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is larger than the {} KiB this endpoint takes", BODY_LIMIT_BYTES / 1024),
         ),
         other => HttpError::bad_request("invalid_body", other.body_text()),
     }

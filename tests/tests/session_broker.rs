@@ -589,6 +589,10 @@ async fn bad_session_requests_get_a_stable_code_and_create_nothing() {
     };
     let mut absurd_rtt = good.clone();
     absurd_rtt["player"]["rtt_ms"]["east"] = json!(1e9);
+    let mut many_regions = good.clone();
+    for i in 0..65 {
+        many_regions["player"]["rtt_ms"][format!("region-{i}")] = json!(20);
+    }
     let json_type = ("content-type", "application/json");
     let cases: Vec<BadCase> = vec![
         (
@@ -614,6 +618,20 @@ async fn bad_session_requests_get_a_stable_code_and_create_nothing() {
             "invalid_deadline",
         ),
         ("absurd RTT", vec![("idempotency-key", "bad-5")], absurd_rtt.to_string(), 400, "invalid_rtt"),
+        (
+            "RTTs to 65 regions",
+            vec![("idempotency-key", "bad-8")],
+            many_regions.to_string(),
+            400,
+            "too_many_regions",
+        ),
+        (
+            "a 3 MiB body",
+            vec![("idempotency-key", "bad-9")],
+            with("pad", json!("x".repeat(3 << 20))),
+            413,
+            "body_too_large",
+        ),
         ("no Idempotency-Key", vec![json_type], good.to_string(), 400, "missing_idempotency_key"),
         (
             "invalid game id",

@@ -894,6 +894,61 @@ async fn bad_input_gets_a_stable_4xx_code_and_changes_nothing() {
     assert_eq!(client.deployment("existing").await.spec, serde_json::from_value(good).unwrap());
 }
 
+// Every mutating route answers 401 without a credential or with a wrong one, and changes
+// nothing; with a credential, garbage bodies get a coded 4xx, never a 5xx. The list is the
+// router's (`array-controller/src/http/mod.rs`), every route that changes something.
+#[tokio::test]
+async fn every_mutating_route_needs_a_credential_and_answers_garbage_with_a_code() {
+    let dir = TestDir::new("ac-routes");
+    let controller = Controller::start(dir.path(), &[]).await;
+    let client = &controller.client;
+    client.put_deployment("existing", &sim_deployment(0)).await.expect("a valid deployment is accepted");
+    let before = rack_state(client).await;
+    // (method, path, the credential the route takes: a board's is never valid here)
+    let routes = [
+        (Method::POST, "/v1/join-tokens", OPERATOR_TOKEN),
+        (Method::DELETE, "/v1/join-tokens/x-1", OPERATOR_TOKEN),
+        (Method::POST, "/v1/boards/x-1/cordon", OPERATOR_TOKEN),
+        (Method::POST, "/v1/boards/x-1/uncordon", OPERATOR_TOKEN),
+        (Method::POST, "/v1/boards/x-1/heartbeat", "no-board-credential"),
+        (Method::PUT, "/v1/deployments/existing", OPERATOR_TOKEN),
+        (Method::DELETE, "/v1/deployments/existing", OPERATOR_TOKEN),
+        (Method::POST, "/v1/claims", BROKER_TOKEN),
+        (Method::POST, "/v1/claims/renew", BROKER_TOKEN),
+        (Method::DELETE, "/v1/claims/x-1", BROKER_TOKEN),
+    ];
+    for (method, path, _) in &routes {
+        for token in [None, Some("not-a-token")] {
+            let answer =
+                client.request(method.clone(), path, token, Some("{}".into())).await.expect("an answer");
+            assert_eq!(
+                (answer.status, answer.code()),
+                (401, "unauthorized"),
+                "{method} {path} with {token:?}: {answer:?}"
+            );
+        }
+    }
+    assert_eq!(rack_state(client).await, before, "refused requests changed the rack");
+
+    let garbage = ["", "{", "[]", "null", "17", r#"{"zz": 1}"#, r#"{"key": 5, "pool_size": -1}"#];
+    for (method, path, token) in &routes {
+        for body in garbage {
+            let answer = client
+                .request(method.clone(), path, Some(token), Some(body.into()))
+                .await
+                .expect("an answer");
+            assert!(answer.status < 500, "{method} {path} with {body:?}: {answer:?}");
+            if answer.status >= 400 {
+                let message = answer.body["message"].as_str().unwrap_or("");
+                assert!(
+                    !answer.code().is_empty() && !message.is_empty(),
+                    "{method} {path} with {body:?}: {answer:?}"
+                );
+            }
+        }
+    }
+}
+
 /// Fast reset (issue 3, "Release"): a game that asks for it gets its data cleared over ADB and
 /// relaunched in the same container, instead of a new container.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,7 +42,7 @@ pub struct HttpState {
 
 /// The router.
 pub fn router(state: HttpState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route(
             "/metrics",
@@ -51,10 +51,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/facts", get(facts))
         .route("/v1/desired", get(get_desired).put(put_desired))
-        .route("/v1/journal", get(journal))
-        .fallback(service_kit::http_error::no_such_endpoint)
-        .method_not_allowed_fallback(service_kit::http_error::method_not_allowed)
-        .with_state(state)
+        .route("/v1/journal", get(journal));
+    service_kit::http_error::standard_answers(routes).with_state(state)
 }
 
 async fn status(State(s): State<HttpState>) -> Json<BoardStatus> {

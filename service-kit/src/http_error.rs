@@ -71,7 +71,7 @@ impl IntoResponse for HttpError {
     }
 }
 
-/// The most a JSON body may hold: axum's default limit, which no router changes.
+/// The most a request body may hold ([`standard_answers`] sets it on every router).
 pub const BODY_LIMIT_BYTES: usize = 2 * 1024 * 1024;
 
 /// Maps axum's JSON extractor failures onto our error body, so malformed bodies and unknown
@@ -112,6 +112,15 @@ where
     }
 }
 
+/// What every service's router answers alike, added after its routes: our error body for
+/// unknown paths and methods, and the body limit that [`json_rejection`] reports.
+pub fn standard_answers<S: Clone + Send + Sync + 'static>(router: axum::Router<S>) -> axum::Router<S> {
+    router
+        .fallback(no_such_endpoint)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+}
+
 /// Router fallback for unknown paths.
 pub async fn no_such_endpoint() -> HttpError {
     HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -124,4 +133,51 @@ pub async fn method_not_allowed() -> HttpError {
         "method_not_allowed",
         "this endpoint does not take that method",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves `standard_answers` around one JSON route on loopback and sends it raw requests.
+    async fn status_of(method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        let routes = axum::Router::new().route(
+            "/echo",
+            axum::routing::post(|JsonBody(v): JsonBody<serde_json::Value>| async move { Json(v) }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, standard_answers(routes)).await });
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // The server may answer and close before it has read all of an oversized body.
+        let _ = stream.write_all(body).await;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        let text = String::from_utf8_lossy(&answer);
+        let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let json = text.split("\r\n\r\n").nth(1).and_then(|b| serde_json::from_str(b).ok());
+        (status, json.unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn every_router_answers_alike_and_takes_bodies_up_to_the_limit() {
+        // A JSON string of exactly the limit passes; one byte more is 413 with our body.
+        let at_limit = format!("\"{}\"", "x".repeat(BODY_LIMIT_BYTES - 2));
+        assert_eq!(status_of("POST", "/echo", at_limit.as_bytes()).await.0, 200);
+        let over = format!("\"{}\"", "x".repeat(BODY_LIMIT_BYTES - 1));
+        let (status, body) = status_of("POST", "/echo", over.as_bytes()).await;
+        assert_eq!((status, body["code"].as_str()), (413, Some("body_too_large")), "{body}");
+        let (status, body) = status_of("POST", "/echo", b"{").await;
+        assert_eq!((status, body["code"].as_str()), (400, Some("invalid_body")), "{body}");
+        let (status, body) = status_of("GET", "/nowhere", b"").await;
+        assert_eq!((status, body["code"].as_str()), (404, Some("not_found")), "{body}");
+        let (status, body) = status_of("GET", "/echo", b"").await;
+        assert_eq!((status, body["code"].as_str()), (405, Some("method_not_allowed")), "{body}");
+    }
 }

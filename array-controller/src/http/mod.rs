@@ -44,7 +44,7 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
         .route(
             "/metrics",
@@ -71,10 +71,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/claims", post(claims::claim))
         .route("/v1/claims/renew", post(claims::renew))
         .route("/v1/claims/{key}", get(claims::get).delete(claims::release))
-        .route("/v1/events", get(operator::events))
-        .fallback(service_kit::http_error::no_such_endpoint)
-        .method_not_allowed_fallback(service_kit::http_error::method_not_allowed)
-        .with_state(state)
+        .route("/v1/events", get(operator::events));
+    service_kit::http_error::standard_answers(routes).with_state(state)
 }
 
 impl From<RackError> for HttpError {

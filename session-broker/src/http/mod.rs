@@ -97,16 +97,14 @@ pub fn router(state: AppState) -> axum::Router {
         .routes(routes!(racks::register))
         .split_for_parts();
     let openapi = Arc::new(openapi);
-    router
+    let routes = router
         .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route(
             "/metrics",
             get(|State(s): State<AppState>| async move { service_kit::metrics::render(&s.registry) }),
         )
-        .route("/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
-        .fallback(service_kit::http_error::no_such_endpoint)
-        .method_not_allowed_fallback(service_kit::http_error::method_not_allowed)
-        .with_state(state)
+        .route("/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }));
+    service_kit::http_error::standard_answers(routes).with_state(state)
 }
 
 /// Maps a query-string rejection onto our error body.

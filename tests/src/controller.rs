@@ -130,7 +130,30 @@ impl Answer {
     pub fn code(&self) -> &str {
         self.body["code"].as_str().unwrap_or("")
     }
+
+    /// Asserts what any answer to [`GARBAGE_BODIES`] must be: no 5xx, and a refusal carries a
+    /// code and a message (a route that takes no body may ignore one). `what` names the request.
+    pub fn assert_no_5xx_and_coded(&self, what: &str) {
+        assert!(self.status < 500, "{what}: {self:?}");
+        if self.status >= 400 {
+            let message = self.body["message"].as_str().unwrap_or("");
+            assert!(!self.code().is_empty() && !message.is_empty(), "{what}: {self:?}");
+        }
+    }
 }
+
+/// Bodies that are not what any route expects: empty, truncated, not an object, an unknown
+/// field, mistyped fields of the broker's and the controller's bodies.
+pub const GARBAGE_BODIES: [&str; 8] = [
+    "",
+    "{",
+    "[]",
+    "null",
+    "17",
+    r#"{"zz": 1}"#,
+    r#"{"id": 5, "warm": -1}"#,
+    r#"{"key": 5, "pool_size": -1}"#,
+];
 
 impl ControllerClient {
     pub fn new(addr: SocketAddr) -> ControllerClient {

@@ -12,7 +12,10 @@
 //! HTTP clients that enrol like a board daemon and report every instance of their desired state
 //! `ready`, without any container (Docker is not used at all); a released instance, recreated
 //! by its controller, comes back ready as soon as its simulated board has read the new desired
-//! state. Everything on the broker and controller side is real. One game, warm target 300 per
+//! state. They run in a process of their own per rack (`sim_boards`, as boards are machines of
+//! their own), so the timed requests never wait in this program's runtime behind the boards'
+//! bursts; they share the 2 cores with everything else. Everything on the broker and controller
+//! side is real. One game, warm target 300 per
 //! region, one tenant whose rate limit is far above the load. Players alternate between "near
 //! east" (RTT east 15, west 60) and "near west", so both racks serve.
 //!
@@ -36,8 +39,9 @@
 //! 3. Paced: N placements offered open-loop at R per second (default 2,000), whatever the
 //!    answers; each latency counts from the request's scheduled start. This is the goal's
 //!    operating point: p50 and p99 at 2,000 sessions/s. Also given by the quarter of its round
-//!    a placement was offered in: the replacements a round's claims set off (the broker pushes
-//!    pool sizes at most every 100 ms) land in its later quarters, and so does the tail.
+//!    a placement was offered in: the replacements a round's claims set off land while it runs
+//!    (the broker pushes pool sizes at most every 50 ms, so from its second quarter on), and so
+//!    does the tail.
 //!
 //! A `202 queued` answer is not a placement: it counts apart, in neither latency nor rate.
 //!
@@ -47,7 +51,7 @@
 //! both racks carry the same load (replacements included) as with sessions. The difference is
 //! the broker's own cost: the extra HTTP hop, the scheduler's decision and the session's SQLite
 //! writes. Also reported: the CPU time each process spent per placement during the timed rounds
-//! (`bench` is this program: the HTTP client and the simulated boards), and how the machine's
+//! (`bench` is this program, the HTTP client; `sim-boards-*` the simulated boards), and how the machine's
 //! cores were spent meanwhile: busy, idle, and stolen by the hypervisor (on a shared VM the
 //! steal share moves the figures from one run to the next).
 //!
@@ -55,7 +59,7 @@
 //! `RUST_LOG`).
 //!
 //! ```text
-//! cargo build --release -p session-broker -p array-controller
+//! cargo build --release -p session-broker -p array-controller -p e2e --bins
 //! cargo run --release -p e2e --bin bench_sessions -- [--sessions N] [--concurrency C] [--rate R]
 //!     [--slots-per-board N] [--out PATH]
 //! ```
@@ -69,7 +73,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use e2e::cpu::{self, MachineTicks};
 use e2e::process::{Process, binary_in_profile};
-use e2e::simboards::{self, SimResources};
+use e2e::simboards::SimResources;
 use e2e::{free_port, scratch::TestDir};
 use serde_json::{Value, json};
 
@@ -304,6 +308,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = TestDir::new("bench-sessions");
     let (broker_bin, broker_build) = release_or_debug("session-broker")?;
     let (controller_bin, controller_build) = release_or_debug("array-controller")?;
+    let (sim_boards_bin, _) = release_or_debug("sim_boards")?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2 + 8).build()?;
 
     // The broker and its regions.
@@ -339,7 +344,6 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let board =
         SimResources { cpus: args.slots_per_board, memory_mib: u64::from(args.slots_per_board) * 1024 };
-    let mut reporters = Vec::new();
     let mut controllers = Vec::new();
     for (rack, region, uplinks) in RACKS {
         let credential =
@@ -383,11 +387,24 @@ async fn main() -> anyhow::Result<()> {
             Process::spawn(rack, &controller_bin, &flags, &[("RUST_LOG", log_filter.as_str())], dir.path());
         wait_healthy(&client, &url, &process).await?;
         processes.push(process);
-        let join = simboards::join_token(&client, &url, OPERATOR_TOKEN).await?;
-        for i in 0..BOARDS_PER_RACK {
-            let board = simboards::enrol(&client, &url, &join, &format!("{rack}-sim-{i}"), board).await?;
-            reporters.push(simboards::spawn_reporter(client.clone(), url.clone(), board));
-        }
+        let boards = [
+            "--controller".to_string(),
+            url.clone(),
+            "--operator-token".into(),
+            OPERATOR_TOKEN.into(),
+            "--prefix".into(),
+            rack.into(),
+            "--boards".into(),
+            BOARDS_PER_RACK.to_string(),
+            "--cpus".into(),
+            board.cpus.to_string(),
+            "--memory-mib".into(),
+            board.memory_mib.to_string(),
+        ];
+        let mut sim =
+            Process::spawn(&format!("sim-boards-{rack}"), &sim_boards_bin, &boards, &[], dir.path());
+        wait_enrolled(&client, &url, &mut sim).await?;
+        processes.push(sim);
         controllers.push((rack.to_string(), url));
     }
 
@@ -509,20 +526,22 @@ async fn main() -> anyhow::Result<()> {
     }
     println!();
     let names: Vec<String> = bench.processes.iter().map(|(n, _)| n.clone()).collect();
+    // One column per process, wide enough for the longest name.
+    let width = names.iter().map(|n| n.len() + 2).max().unwrap_or(16).max(10);
     println!(
-        "CPU ms per placement during the timed rounds ({} cores; bench = client + simulated boards):",
+        "CPU ms per placement during the timed rounds ({} cores; bench = the HTTP client):",
         machine_cpus()
     );
     println!(
         "{:<24} {:>7} {}   machine busy/idle/steal %",
         "",
         "load",
-        names.iter().map(|n| format!("{n:>16}")).collect::<String>()
+        names.iter().map(|n| format!("{n:>width$}")).collect::<String>()
     );
     for (target, load, phase) in &results {
         let cpu = phase.cpu_per_placement();
         let cells: String =
-            names.iter().map(|n| format!("{:>16.2}", cpu.get(n).copied().unwrap_or(0.0))).collect();
+            names.iter().map(|n| format!("{:>width$.2}", cpu.get(n).copied().unwrap_or(0.0))).collect();
         let (busy, idle, steal) = phase.machine.percentages();
         println!("{:<24} {:>7} {cells}   {busy:>4.0} {idle:>4.0} {steal:>4.0}", target.name(), load.label());
     }
@@ -583,9 +602,6 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("sessions by rack (sequential): {:?}; (concurrent): {:?}", seq.by_rack, con.by_rack);
 
-    for reporter in &reporters {
-        reporter.abort();
-    }
     for process in &mut processes {
         process.kill();
     }
@@ -937,6 +953,24 @@ async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         bail!("{url} answered {status}: {text}");
     }
     if text.is_empty() { Ok(Value::Null) } else { Ok(serde_json::from_str(&text)?) }
+}
+
+/// Waits until every simulated board of `sim` is enrolled with the controller at `url`.
+async fn wait_enrolled(client: &reqwest::Client, url: &str, sim: &mut Process) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        if !sim.is_running() {
+            bail!("{} stopped; its log:\n{}", sim.name(), tail(sim.log_path()));
+        }
+        let boards = client.get(format!("{url}/v1/boards")).bearer_auth(OPERATOR_TOKEN).send().await;
+        if let Ok(response) = boards
+            && let Ok(Value::Array(boards)) = response.json::<Value>().await
+            && boards.len() >= BOARDS_PER_RACK
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{} did not enrol its boards with {url}; its log:\n{}", sim.name(), tail(sim.log_path()))
 }
 
 async fn wait_healthy(client: &reqwest::Client, url: &str, process: &Process) -> anyhow::Result<()> {

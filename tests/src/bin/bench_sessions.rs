@@ -306,9 +306,9 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let log_filter = std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into());
     let dir = TestDir::new("bench-sessions");
-    let (broker_bin, broker_build) = release_or_debug("session-broker")?;
-    let (controller_bin, controller_build) = release_or_debug("array-controller")?;
-    let (sim_boards_bin, _) = release_or_debug("sim_boards")?;
+    let (broker_bin, broker_build) = release_or_debug("session-broker", "session-broker")?;
+    let (controller_bin, controller_build) = release_or_debug("array-controller", "array-controller")?;
+    let (sim_boards_bin, _) = release_or_debug("sim_boards", "e2e --bins")?;
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2 + 8).build()?;
 
     // The broker and its regions.
@@ -989,13 +989,14 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-/// The release build of `name` if there is one, else the debug build (with a warning).
-fn release_or_debug(name: &str) -> anyhow::Result<(PathBuf, &'static str)> {
+/// The release build of `name` if there is one, else the debug build (with a warning);
+/// `package` is what to build it with.
+fn release_or_debug(name: &str, package: &str) -> anyhow::Result<(PathBuf, &'static str)> {
     if let Some(path) = binary_in_profile(name, "release") {
         return Ok((path, "release"));
     }
     let path = binary_in_profile(name, "debug")
-        .with_context(|| format!("{name} is not built: cargo build --release -p {name}"))?;
-    eprintln!("warning: no release build of {name}; using debug (cargo build --release -p {name})");
+        .with_context(|| format!("{name} is not built: cargo build --release -p {package}"))?;
+    eprintln!("warning: no release build of {name}; using debug (cargo build --release -p {package})");
     Ok((path, "debug"))
 }

@@ -4,7 +4,7 @@
 //! packer runs outside the write lock on a snapshot of the rack, and its plan is checked
 //! against the rack as it is at write time before anything is written.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use api::rack::{DeploymentSpec, InstanceState, RackEventBody};
@@ -70,10 +70,11 @@ impl Rack {
                 };
                 outcome.placed.truncate(wanted.saturating_sub(live.get(id).copied().unwrap_or(0)));
             }
-            let boards = rows::boards(&w.tx)?;
-            let all = rows::instances_where(&w.tx, "1 = 1", [])?;
             let placed: Vec<&Placement> = outcomes.iter().flat_map(|o| &o.placed).collect();
-            if let Err(why) = placement::still_fits(&boards, &all, &placed, &self.config.classes) {
+            // A plan can only over-commit the boards it names: only those are read again.
+            let named: BTreeSet<&str> = placed.iter().map(|p| p.board_id.as_str()).collect();
+            let (boards, on_them) = rows::boards_and_instances_of(&w.tx, &named)?;
+            if let Err(why) = placement::still_fits(&boards, &on_them, &placed, &self.config.classes) {
                 tracing::info!(reason = %why, "the rack changed while packing; placing again on the next pass");
                 return Ok(());
             }
@@ -184,4 +185,97 @@ fn removal_rank(state: InstanceState) -> u8 {
 fn short_id() -> String {
     let token = service_kit::auth::new_token("x");
     token[2..10].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use api::InstancePorts;
+    use rusqlite::params;
+
+    use super::*;
+    use crate::claims::tests::rack_with_ready;
+    use crate::db::DbError;
+    use crate::placement::still_fits;
+
+    /// Facts the test rack's class (`x86_64`) matches.
+    fn x86_facts(id: &str) -> String {
+        let mut facts = crate::preflight::tests::facts();
+        facts.board_id = id.into();
+        facts.arch = "x86_64".into();
+        serde_json::to_string(&facts).unwrap()
+    }
+
+    fn placement(board: &str, memory_mib: u64, adb: u16) -> Placement {
+        Placement {
+            board_id: board.into(),
+            cpus: vec![1],
+            millicores: 100,
+            memory_mib,
+            gpu_slots: 0,
+            encoder_slots: 0,
+            ports: InstancePorts { adb, stream: adb + 1 },
+            group: Some("d".into()),
+        }
+    }
+
+    /// The packer's plan is checked again under the lock on the boards it names only: the same
+    /// verdict as on the whole rack, for a plan that fits, one that over-commits memory, one
+    /// that reuses a port an instance of its board holds, one on a cordoned board and one on a
+    /// board that is gone.
+    #[test]
+    fn a_plan_is_checked_again_on_its_own_boards_with_the_verdict_of_the_whole_rack() {
+        let (_dir, rack) = rack_with_ready(2);
+        rack.write(|w| {
+            w.tx.execute("UPDATE boards SET facts = ?1 WHERE id = 'b1'", [x86_facts("b1")])?;
+            w.tx.execute(
+                "INSERT INTO boards (id, state, arch, address, facts, credential_hash, last_heartbeat_ms,
+                     desired_generation, enrolled_ms, cordoned)
+                 VALUES ('b2', 'ready', 'x86_64', '10.0.0.2', ?1, 'h2', ?2, 1, 0, 1)",
+                params![x86_facts("b2"), w.now_ms as i64],
+            )?;
+            let mut row = rows::instance(&w.tx, "i0")?.unwrap();
+            row.id = "on-b2".into();
+            row.board_id = "b2".into();
+            rows::insert_instance(&w.tx, &row, w.now_ms)?;
+            Ok::<_, RackError>(())
+        })
+        .unwrap();
+        let classes = &rack.config.classes;
+        let (all_boards, all_instances) = rack
+            .db
+            .read(|c| Ok::<_, DbError>((rows::boards(c)?, rows::instances_where(c, "1 = 1", [])?)))
+            .unwrap();
+        let read_named = |plan: &[&Placement]| {
+            let named: BTreeSet<&str> = plan.iter().map(|p| p.board_id.as_str()).collect();
+            rack.db.read(|c| rows::boards_and_instances_of(c, &named)).unwrap()
+        };
+
+        let (boards, instances) = read_named(&[&placement("b1", 64, 20010), &placement("gone", 64, 20010)]);
+        assert_eq!(boards.iter().map(|b| b.id.as_str()).collect::<Vec<_>>(), ["b1"]);
+        let mut on_b1: Vec<&str> = instances.iter().map(|i| i.id.as_str()).collect();
+        on_b1.sort_unstable();
+        assert_eq!(on_b1, ["i0", "i1"], "only the named boards' instances are read");
+
+        let plans = [
+            (placement("b1", 64, 20010), None),
+            (placement("b1", 1_000_000, 20010), Some("")),
+            (placement("b1", 64, 20000), Some("")),
+            (placement("b2", 64, 20010), Some("board b2 left service")),
+            (placement("gone", 64, 20010), Some("board gone is gone")),
+        ];
+        for (plan, want) in &plans {
+            let (boards, instances) = read_named(&[plan]);
+            let named = still_fits(&boards, &instances, &[plan], classes);
+            let whole = still_fits(&all_boards, &all_instances, &[plan], classes);
+            assert_eq!(named, whole, "{plan:?}");
+            match want {
+                None => assert_eq!(named, Ok(()), "{plan:?}"),
+                Some(reason) => {
+                    assert!(named.as_ref().is_err_and(|e| e.contains(reason)), "{plan:?}: {named:?}")
+                }
+            }
+        }
+    }
 }

@@ -62,6 +62,21 @@ pub fn boards(conn: &Connection) -> Result<Vec<BoardRow>, DbError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The boards named in `ids` that exist, and every instance on them: their part of the rack,
+/// read without the rest.
+pub fn boards_and_instances_of(
+    conn: &Connection,
+    ids: &std::collections::BTreeSet<&str>,
+) -> Result<(Vec<BoardRow>, Vec<InstanceRow>), DbError> {
+    let ids = serde_json::to_string(ids)?;
+    let sql = format!(
+        "SELECT {BOARD_COLUMNS} FROM boards WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id"
+    );
+    let boards = conn.prepare_cached(&sql)?.query_map([&ids], board_from_row)?.collect::<Result<_, _>>()?;
+    let instances = instances_where(conn, "board_id IN (SELECT value FROM json_each(?1))", [&ids])?;
+    Ok((boards, instances))
+}
+
 /// A board's desired generation (`None`: no such board), without reading the rest of its row.
 pub fn desired_generation(conn: &Connection, board_id: &str) -> Result<Option<u64>, DbError> {
     Ok(conn

@@ -6,7 +6,7 @@
 //! re-sent every [`RESEND`] (a controller that restarted or was unreachable catches up).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use api::broker::{RackHealth, WarmTargetSpec};
@@ -15,6 +15,7 @@ use service_kit::time::now_ms;
 use crate::broker::Broker;
 use crate::catalog::{deployment_id, deployment_spec};
 use crate::metrics::Metrics;
+use crate::racks::client::Target;
 
 const RESEND: Duration = Duration::from_secs(10);
 /// Changes arriving within this window are pushed together. Each push runs the controller's
@@ -139,11 +140,14 @@ pub fn targets(broker: &Broker) -> Vec<PoolTarget> {
 }
 
 /// Pushes pool sizes that differ from what each rack holds, on every change and every
-/// [`RESEND`].
+/// [`RESEND`]. Each rack's pushes run on their own: a rack that does not answer (its
+/// controller hung, its link dropping packets) holds back only its own sizes until the call
+/// times out, never the replacements of every other rack. A rack whose last push is still
+/// under way is skipped; the push wakes this loop again when it ends.
 pub async fn run(broker: Arc<Broker>) {
     let mut last_full = Instant::now();
-    // Errors are logged once per (rack, deployment, code) until it succeeds again.
-    let mut reported: HashMap<(String, String), String> = HashMap::new();
+    let reported = Arc::new(Reported::default());
+    let mut under_way: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     loop {
         tokio::select! {
             _ = broker.shutdown.cancelled() => return,
@@ -158,39 +162,69 @@ pub async fn run(broker: Arc<Broker>) {
         if full {
             last_full = Instant::now();
         }
+        under_way.retain(|_, push| !push.is_finished());
+        let mut by_rack: BTreeMap<String, Vec<PoolTarget>> = BTreeMap::new();
         for t in targets(&broker) {
-            let (held, target) = broker
-                .with_rack(&t.rack, |r| (r.pool_sizes.get(&t.deployment).copied(), r.target.clone()))
-                .unwrap_or((None, None));
-            let Some(target) = target else { continue };
-            if held == Some(t.pool_size) && !full {
+            let held = broker.with_rack(&t.rack, |r| r.pool_sizes.get(&t.deployment).copied()).flatten();
+            if full || held != Some(t.pool_size) {
+                by_rack.entry(t.rack.clone()).or_default().push(t);
+            }
+        }
+        for (rack, changed) in by_rack {
+            if under_way.contains_key(&rack) {
                 continue;
             }
-            let Some(spec) = broker.catalog.game(&t.game).and_then(|g| g.versions.get(&t.version).cloned())
-            else {
-                continue;
-            };
-            let spec = deployment_spec(&t.game, &t.version, &spec, t.pool_size);
-            let key = (t.rack.clone(), t.deployment.clone());
-            match broker.controllers.put_deployment(&target, &t.deployment, &spec).await {
-                Ok(view) => {
-                    Metrics::outcome(&broker.metrics.pool_updates, "ok");
-                    broker.with_rack(&t.rack, |r| {
-                        r.pool_sizes.insert(t.deployment.clone(), view.spec.pool_size);
-                        r.deployments.insert(t.deployment.clone(), t.game.clone());
-                    });
-                    if reported.remove(&key).is_some() || held != Some(t.pool_size) {
-                        tracing::info!(rack = %t.rack, deployment = %t.deployment, pool_size = t.pool_size, "pool size set");
+            let Some(target) = broker.with_rack(&rack, |r| r.target.clone()).flatten() else { continue };
+            let (broker, reported) = (broker.clone(), reported.clone());
+            under_way.insert(
+                rack,
+                tokio::spawn(async move {
+                    for t in changed {
+                        push(&broker, &target, &t, &reported).await;
                     }
-                }
-                Err(err) => {
-                    Metrics::outcome(&broker.metrics.pool_updates, "failed");
-                    let text = err.to_string();
-                    if reported.get(&key) != Some(&text) {
-                        tracing::warn!(rack = %t.rack, deployment = %t.deployment, error = %text, "cannot set the pool size");
-                        reported.insert(key, text);
-                    }
-                }
+                    broker.pools_changed.notify_one();
+                }),
+            );
+        }
+    }
+}
+
+/// The last error logged per (rack, deployment): each is logged once until a push succeeds.
+#[derive(Default)]
+struct Reported(Mutex<HashMap<(String, String), String>>);
+
+impl Reported {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Sets one pool size at its rack.
+async fn push(broker: &Broker, target: &Target, t: &PoolTarget, reported: &Reported) {
+    let held = broker.with_rack(&t.rack, |r| r.pool_sizes.get(&t.deployment).copied()).flatten();
+    let Some(spec) = broker.catalog.game(&t.game).and_then(|g| g.versions.get(&t.version).cloned()) else {
+        return;
+    };
+    let spec = deployment_spec(&t.game, &t.version, &spec, t.pool_size);
+    let key = (t.rack.clone(), t.deployment.clone());
+    match broker.controllers.put_deployment(target, &t.deployment, &spec).await {
+        Ok(view) => {
+            Metrics::outcome(&broker.metrics.pool_updates, "ok");
+            broker.with_rack(&t.rack, |r| {
+                r.pool_sizes.insert(t.deployment.clone(), view.spec.pool_size);
+                r.deployments.insert(t.deployment.clone(), t.game.clone());
+            });
+            if reported.map().remove(&key).is_some() || held != Some(t.pool_size) {
+                tracing::info!(rack = %t.rack, deployment = %t.deployment, pool_size = t.pool_size, "pool size set");
+            }
+        }
+        Err(err) => {
+            Metrics::outcome(&broker.metrics.pool_updates, "failed");
+            let text = err.to_string();
+            let mut reported = reported.map();
+            if reported.get(&key) != Some(&text) {
+                tracing::warn!(rack = %t.rack, deployment = %t.deployment, error = %text, "cannot set the pool size");
+                reported.insert(key, text);
             }
         }
     }
@@ -203,6 +237,13 @@ mod tests {
 
     /// A broker with game `g` (version 1) and one online rack `r1` in region `east`.
     fn broker_with_rack() -> std::sync::Arc<Broker> {
+        let broker = broker_with_game();
+        add_rack(&broker, "r1", "http://c");
+        broker
+    }
+
+    /// A broker with game `g` (version 1, current) and region `east`, no rack yet.
+    fn broker_with_game() -> std::sync::Arc<Broker> {
         let broker = crate::broker::test_broker();
         let c = &broker.catalog;
         c.put_region("east", &RegionSpec::default()).unwrap();
@@ -217,15 +258,19 @@ mod tests {
             &serde_json::from_value::<GameSpec>(serde_json::json!({"current_version": "1"})).unwrap(),
         )
         .unwrap();
+        broker
+    }
+
+    /// Registers an online rack `id` in region `east` whose controller is at `url`.
+    fn add_rack(broker: &Broker, id: &str, url: &str) {
         let registration = serde_json::from_value(serde_json::json!({
-            "region": "east", "controller_url": "http://c", "controller_token": "t",
+            "region": "east", "controller_url": url, "controller_token": "t",
         }))
         .unwrap();
-        let mut rack = crate::racks::registry::RackLive::new("r1");
+        let mut rack = crate::racks::registry::RackLive::new(id);
         rack.register(&registration, now_ms());
         rack.stream_connected = true;
-        broker.racks().insert("r1".into(), rack);
-        broker
+        broker.racks().insert(id.into(), rack);
     }
 
     fn pool(broker: &Broker) -> u32 {
@@ -280,5 +325,86 @@ mod tests {
         assert_eq!(s.values().sum::<u32>(), 7);
         assert_eq!((s["a"], s["b"], s["c"]), (3, 2, 2));
         assert!(split(3, &[]).is_empty());
+    }
+
+    /// A rack whose controller accepts the call and never answers holds back only its own
+    /// pool size: the other rack of the region gets its size while that call is still
+    /// unanswered. Pushed one rack after the other, the second rack waited until the client
+    /// gave up on the first (5 s) and hung up.
+    #[tokio::test]
+    async fn a_rack_that_never_answers_holds_back_only_its_own_pool_size() {
+        use api::rack::{DeploymentSpec, DeploymentView};
+        use axum::extract::Path;
+        use tokio::io::AsyncReadExt;
+
+        let broker = broker_with_game();
+        broker.catalog.set_warm_target("g", "east", &WarmTargetSpec { warm: 2, auto: None }).unwrap();
+        let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+
+        // "a-silent" reads each call, answers nothing, and says when the caller hangs up.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_url = format!("http://{}", silent.local_addr().unwrap());
+        let events = heard_tx.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = silent.accept().await {
+                let events = events.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut asked = false;
+                    loop {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => {
+                                let _ = events.send("silent: hung up");
+                                return;
+                            }
+                            Ok(_) if !asked => {
+                                asked = true;
+                                let _ = events.send("silent: asked");
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+
+        // "b-answers" sets what it is sent, as a controller does.
+        let events = heard_tx.clone();
+        let app = axum::Router::new().route(
+            "/v1/deployments/{id}",
+            axum::routing::put(
+                move |Path(id): Path<String>, axum::Json(spec): axum::Json<DeploymentSpec>| {
+                    let events = events.clone();
+                    async move {
+                        let _ = events.send("answering: set");
+                        axum::Json(DeploymentView { id, spec, instances: Default::default() })
+                    }
+                },
+            ),
+        );
+        let answering = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let answering_url = format!("http://{}", answering.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(answering, app).await });
+
+        add_rack(&broker, "a-silent", &silent_url);
+        add_rack(&broker, "b-answers", &answering_url);
+        tokio::spawn(run(broker.clone()));
+        broker.pools_changed.notify_one();
+
+        let mut seen = Vec::new();
+        while !seen.contains(&"answering: set") {
+            let event = tokio::time::timeout(Duration::from_secs(30), heard.recv()).await;
+            seen.push(event.expect("no push within 30 s").expect("the servers run"));
+        }
+        // Whatever the silent rack's server noticed meanwhile arrives within this pause.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while let Ok(event) = heard.try_recv() {
+            seen.push(event);
+        }
+        assert!(seen.contains(&"silent: asked"), "both racks are pushed to: {seen:?}");
+        assert!(!seen.contains(&"silent: hung up"), "the answering rack waited for the silent one: {seen:?}");
+        let held = broker.with_rack("b-answers", |r| r.pool_sizes.get("g-1").copied()).flatten();
+        assert_eq!(held, Some(1), "the answering rack holds its share of the warm target");
+        broker.shutdown.cancel();
     }
 }

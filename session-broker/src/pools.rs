@@ -233,6 +233,7 @@ async fn push(broker: &Broker, target: &Target, t: &PoolTarget, reported: &Repor
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::racks::fake_controllers::{self, add_rack};
     use api::broker::{AutoWarm, GameSpec, GameVersionSpec, RegionSpec};
 
     /// A broker with game `g` (version 1) and one online rack `r1` in region `east`.
@@ -259,18 +260,6 @@ mod tests {
         )
         .unwrap();
         broker
-    }
-
-    /// Registers an online rack `id` in region `east` whose controller is at `url`.
-    fn add_rack(broker: &Broker, id: &str, url: &str) {
-        let registration = serde_json::from_value(serde_json::json!({
-            "region": "east", "controller_url": url, "controller_token": "t",
-        }))
-        .unwrap();
-        let mut rack = crate::racks::registry::RackLive::new(id);
-        rack.register(&registration, now_ms());
-        rack.stream_connected = true;
-        broker.racks().insert(id.into(), rack);
     }
 
     fn pool(broker: &Broker) -> u32 {
@@ -335,38 +324,12 @@ mod tests {
     async fn a_rack_that_never_answers_holds_back_only_its_own_pool_size() {
         use api::rack::{DeploymentSpec, DeploymentView};
         use axum::extract::Path;
-        use tokio::io::AsyncReadExt;
 
         let broker = broker_with_game();
         broker.catalog.set_warm_target("g", "east", &WarmTargetSpec { warm: 2, auto: None }).unwrap();
         let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
 
-        // "a-silent" reads each call, answers nothing, and says when the caller hangs up.
-        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let silent_url = format!("http://{}", silent.local_addr().unwrap());
-        let events = heard_tx.clone();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = silent.accept().await {
-                let events = events.clone();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    let mut asked = false;
-                    loop {
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => {
-                                let _ = events.send("silent: hung up");
-                                return;
-                            }
-                            Ok(_) if !asked => {
-                                asked = true;
-                                let _ = events.send("silent: asked");
-                            }
-                            Ok(_) => {}
-                        }
-                    }
-                });
-            }
-        });
+        let silent_url = fake_controllers::silent(heard_tx.clone()).await;
 
         // "b-answers" sets what it is sent, as a controller does.
         let events = heard_tx.clone();
@@ -382,9 +345,7 @@ mod tests {
                 },
             ),
         );
-        let answering = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let answering_url = format!("http://{}", answering.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(answering, app).await });
+        let answering_url = fake_controllers::serve(app).await;
 
         add_rack(&broker, "a-silent", &silent_url);
         add_rack(&broker, "b-answers", &answering_url);

@@ -2,6 +2,8 @@
 //! as its heartbeat), and one event-stream follower per rack.
 
 pub mod client;
+#[cfg(test)]
+pub(crate) mod fake_controllers;
 pub mod link;
 pub mod registry;
 pub mod sse;

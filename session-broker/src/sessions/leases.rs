@@ -24,6 +24,8 @@ pub async fn run(broker: Arc<Broker>) {
     let tick = (broker.config.session_lease / 8).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let renew_every = (broker.config.claim_lease / 4).min(Duration::from_secs(10));
     let mut last_renewal: Option<Instant> = None;
+    // Renewals run off this loop: a rack that does not answer must not hold back expiry.
+    let mut renewing: Option<tokio::task::JoinHandle<()>> = None;
     let mut last_finished_count: Option<Instant> = None;
     let mut interval = tokio::time::interval(tick);
     loop {
@@ -34,11 +36,15 @@ pub async fn run(broker: Arc<Broker>) {
         if let Err(err) = expire(&broker) {
             tracing::error!(error = %err, "lease expiry failed");
         }
-        if last_renewal.is_none_or(|t| t.elapsed() >= renew_every) {
+        let renewal_due = last_renewal.is_none_or(|t| t.elapsed() >= renew_every);
+        if renewal_due && renewing.as_ref().is_none_or(|r| r.is_finished()) {
             last_renewal = Some(Instant::now());
-            if let Err(err) = renew(&broker).await {
-                tracing::error!(error = %err, "lease renewal failed");
-            }
+            let broker = broker.clone();
+            renewing = Some(tokio::spawn(async move {
+                if let Err(err) = renew(&broker).await {
+                    tracing::error!(error = %err, "lease renewal failed");
+                }
+            }));
         }
         let finished = last_finished_count.is_none_or(|t| t.elapsed() >= FINISHED_GAUGES_EVERY);
         if finished {
@@ -75,39 +81,49 @@ fn expire(broker: &Arc<Broker>) -> Result<(), BrokerError> {
     Ok(())
 }
 
-/// Renews every active session's claim at its rack. A claim the rack no longer has ends the
-/// session (`instance_lost`); a rack that does not answer is tried again next time.
+/// Renews every active session's claim at its rack, every rack at once: a rack that does not
+/// answer holds back only its own renewals. A claim the rack no longer has ends the session
+/// (`instance_lost`); a rack that does not answer is tried again next time.
 async fn renew(broker: &Arc<Broker>) -> Result<(), BrokerError> {
-    let by_rack = broker.leases.by_rack();
     let lease_ms = broker.config.claim_lease.as_millis() as u64;
-    for (rack, keys) in by_rack {
-        let Some(target) = broker.with_rack(&rack, |r| r.target.clone()).flatten() else { continue };
-        for batch in keys.chunks(RENEW_BATCH) {
-            match broker.controllers.renew(&target, batch, lease_ms).await {
-                Ok(answer) => {
-                    Metrics::outcome(&broker.metrics.renewals, "ok");
-                    for key in answer.missing {
-                        let ended = store::transition(
-                            &broker.db,
-                            &key,
-                            &[SessionState::Active],
-                            SessionState::Ended,
-                            Some("instance_lost"),
-                            None,
-                            now_ms(),
-                        )?;
-                        broker.leases.remove(&key);
-                        if ended {
-                            tracing::warn!(session = %key, rack = %rack, "the rack no longer holds the session's claim");
-                            broker.session_changed(&key);
-                        }
+    let racks =
+        broker.leases.by_rack().into_iter().map(|(rack, keys)| renew_at(broker, rack, keys, lease_ms));
+    futures_util::future::join_all(racks).await.into_iter().collect()
+}
+
+/// Renews `keys` at `rack`, batch by batch, until a batch fails.
+async fn renew_at(
+    broker: &Arc<Broker>,
+    rack: String,
+    keys: Vec<String>,
+    lease_ms: u64,
+) -> Result<(), BrokerError> {
+    let Some(target) = broker.with_rack(&rack, |r| r.target.clone()).flatten() else { return Ok(()) };
+    for batch in keys.chunks(RENEW_BATCH) {
+        match broker.controllers.renew(&target, batch, lease_ms).await {
+            Ok(answer) => {
+                Metrics::outcome(&broker.metrics.renewals, "ok");
+                for key in answer.missing {
+                    let ended = store::transition(
+                        &broker.db,
+                        &key,
+                        &[SessionState::Active],
+                        SessionState::Ended,
+                        Some("instance_lost"),
+                        None,
+                        now_ms(),
+                    )?;
+                    broker.leases.remove(&key);
+                    if ended {
+                        tracing::warn!(session = %key, rack = %rack, "the rack no longer holds the session's claim");
+                        broker.session_changed(&key);
                     }
                 }
-                Err(err) => {
-                    Metrics::outcome(&broker.metrics.renewals, "failed");
-                    tracing::debug!(rack = %rack, error = %err, "lease renewal failed");
-                    break;
-                }
+            }
+            Err(err) => {
+                Metrics::outcome(&broker.metrics.renewals, "failed");
+                tracing::debug!(rack = %rack, error = %err, "lease renewal failed");
+                break;
             }
         }
     }
@@ -147,10 +163,15 @@ mod tests {
     use crate::sessions::store::{Placement, tests::row};
 
     fn active(broker: &Broker, id: &str, until_ms: u64) {
+        active_at(broker, id, "east-1", until_ms);
+    }
+
+    /// An active session `id` on `rack` whose lease runs until `until_ms`.
+    fn active_at(broker: &Broker, id: &str, rack: &str, until_ms: u64) {
         assert!(store::insert(&broker.db, &row(id, id)).unwrap());
         let p = Placement {
             region: "east".into(),
-            rack: "east-1".into(),
+            rack: rack.into(),
             board: "b".into(),
             instance: format!("i-{id}"),
             deployment: "d".into(),
@@ -185,5 +206,66 @@ mod tests {
         assert_eq!(state(&broker, "beaten"), SessionState::Active, "the stored lease wins");
         assert!(broker.leases.lapsed(now + 1).is_empty(), "the book took the row's lease");
         assert_eq!(broker.leases.by_rack()["east-1"], ["beaten", "live"]);
+    }
+
+    /// Renewals run off the expiry loop and at every rack at once. With one rack's controller
+    /// silent (it reads the call and never answers), the other rack's claims are renewed and a
+    /// session that went quiet expires while that call is still open. Renewed one rack after
+    /// another on the loop, both waited until the client gave up on the silent rack (5 s) and
+    /// hung up.
+    #[tokio::test]
+    async fn a_rack_that_never_answers_holds_back_neither_other_racks_renewals_nor_expiry() {
+        use api::rack::{RenewRequest, RenewResponse};
+
+        use crate::racks::fake_controllers::{self, add_rack};
+
+        let broker = crate::broker::test_broker();
+        let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+        let silent_url = fake_controllers::silent(heard_tx.clone()).await;
+        let events = heard_tx.clone();
+        let answering_url = fake_controllers::serve(axum::Router::new().route(
+            "/v1/claims/renew",
+            axum::routing::post(move |axum::Json(request): axum::Json<RenewRequest>| {
+                let events = events.clone();
+                async move {
+                    let _ = events.send("answering: renewed");
+                    let renewed = request.keys.into_iter().map(|k| (k, u64::MAX / 2)).collect();
+                    axum::Json(RenewResponse { renewed, missing: vec![] })
+                }
+            }),
+        ))
+        .await;
+        add_rack(&broker, "a-silent", &silent_url);
+        add_rack(&broker, "b-answers", &answering_url);
+        let now = now_ms();
+        active_at(&broker, "on-silent", "a-silent", now + 600_000);
+        active_at(&broker, "on-answering", "b-answers", now + 600_000);
+        recover(&broker).await.unwrap();
+        tokio::spawn(run(broker.clone()));
+
+        let mut seen = Vec::new();
+        while !seen.contains(&"answering: renewed") {
+            let event = tokio::time::timeout(Duration::from_secs(30), heard.recv()).await;
+            seen.push(event.expect("no renewal within 30 s").expect("the servers run"));
+        }
+        // A session on the answering rack goes quiet: the loop's next tick expires it.
+        active_at(&broker, "quiet", "b-answers", 5_000);
+        broker.leases.set("quiet", "b-answers", 5_000);
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while state(&broker, "quiet") != SessionState::Expired {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the quiet session expires");
+        // Whatever the silent rack's server noticed meanwhile arrives within this pause.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        while let Ok(event) = heard.try_recv() {
+            seen.push(event);
+        }
+        assert!(seen.contains(&"silent: asked"), "both racks are renewed: {seen:?}");
+        assert!(!seen.contains(&"silent: hung up"), "the loop waited for the silent rack: {seen:?}");
+        assert_eq!(state(&broker, "on-answering"), SessionState::Active);
+        broker.shutdown.cancel();
     }
 }

@@ -2,7 +2,7 @@
 //! shared [`api::ErrorBody`].
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 /// An error answer. Handlers return `Result<_, HttpError>`; the body is always JSON
@@ -67,7 +67,16 @@ impl From<api::SpecError> for HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        (self.status, Json(api::ErrorBody { code: self.code, message: self.message })).into_response()
+        let too_large = self.status == StatusCode::PAYLOAD_TOO_LARGE;
+        let mut response =
+            (self.status, Json(api::ErrorBody { code: self.code, message: self.message })).into_response();
+        if too_large {
+            // The rest of the body is not read, so the connection cannot carry another request:
+            // say so, or a client that pools connections sends its next request into one the
+            // server is closing (and gets a connection error instead of an answer).
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 
@@ -142,6 +151,19 @@ mod tests {
 
     /// Serves `standard_answers` around one JSON route on loopback and sends it raw requests.
     async fn status_of(method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        let (status, _, json) = exchange(method, path, body, true).await;
+        (status, json)
+    }
+
+    /// One raw request (asking the server to close the connection after it, or not): the
+    /// status, the response head and the JSON body. Fails when the server neither answers nor
+    /// closes within 10 s.
+    async fn exchange(
+        method: &str,
+        path: &str,
+        body: &[u8],
+        close: bool,
+    ) -> (u16, String, serde_json::Value) {
         let routes = axum::Router::new().route(
             "/echo",
             axum::routing::post(|JsonBody(v): JsonBody<serde_json::Value>| async move { Json(v) }),
@@ -150,19 +172,35 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, standard_answers(routes)).await });
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let connection = if close { "connection: close\r\n" } else { "" };
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{connection}\r\n",
             body.len()
         );
         stream.write_all(head.as_bytes()).await.unwrap();
         // The server may answer and close before it has read all of an oversized body.
         let _ = stream.write_all(body).await;
         let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer).await;
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "the server kept the connection open: {}", String::from_utf8_lossy(&answer));
         let text = String::from_utf8_lossy(&answer);
         let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let json = text.split("\r\n\r\n").nth(1).and_then(|b| serde_json::from_str(b).ok());
-        (status, json.unwrap_or_default())
+        let mut parts = text.splitn(2, "\r\n\r\n");
+        let head = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let json = parts.next().and_then(|b| serde_json::from_str(b).ok());
+        (status, head, json.unwrap_or_default())
+    }
+
+    /// A client that pools connections must not send its next request on the connection an
+    /// oversized body was refused on: the server does not read the rest of that body, so it
+    /// closes the connection, and says so in the answer.
+    #[tokio::test]
+    async fn an_oversized_body_is_refused_with_the_connection_closed() {
+        let over = format!("\"{}\"", "x".repeat(BODY_LIMIT_BYTES));
+        let (status, head, body) = exchange("POST", "/echo", over.as_bytes(), false).await;
+        assert_eq!((status, body["code"].as_str()), (413, Some("body_too_large")), "{head}");
+        assert!(head.lines().any(|l| l.trim() == "connection: close"), "{head}");
     }
 
     #[tokio::test]

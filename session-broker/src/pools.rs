@@ -163,11 +163,12 @@ pub async fn run(broker: Arc<Broker>) {
             last_full = Instant::now();
         }
         under_way.retain(|_, push| !push.is_finished());
-        let mut by_rack: BTreeMap<String, Vec<PoolTarget>> = BTreeMap::new();
+        // Per rack: each size to set, with the one the rack holds now.
+        let mut by_rack: BTreeMap<String, Vec<(PoolTarget, Option<u32>)>> = BTreeMap::new();
         for t in targets(&broker) {
             let held = broker.with_rack(&t.rack, |r| r.pool_sizes.get(&t.deployment).copied()).flatten();
             if full || held != Some(t.pool_size) {
-                by_rack.entry(t.rack.clone()).or_default().push(t);
+                by_rack.entry(t.rack.clone()).or_default().push((t, held));
             }
         }
         for (rack, changed) in by_rack {
@@ -179,8 +180,8 @@ pub async fn run(broker: Arc<Broker>) {
             under_way.insert(
                 rack,
                 tokio::spawn(async move {
-                    for t in changed {
-                        push(&broker, &target, &t, &reported).await;
+                    for (t, held) in changed {
+                        push(&broker, &target, &t, held, &reported).await;
                     }
                     broker.pools_changed.notify_one();
                 }),
@@ -199,9 +200,8 @@ impl Reported {
     }
 }
 
-/// Sets one pool size at its rack.
-async fn push(broker: &Broker, target: &Target, t: &PoolTarget, reported: &Reported) {
-    let held = broker.with_rack(&t.rack, |r| r.pool_sizes.get(&t.deployment).copied()).flatten();
+/// Sets one pool size at its rack, which held `held`.
+async fn push(broker: &Broker, target: &Target, t: &PoolTarget, held: Option<u32>, reported: &Reported) {
     let Some(spec) = broker.catalog.game(&t.game).and_then(|g| g.versions.get(&t.version).cloned()) else {
         return;
     };
@@ -327,8 +327,7 @@ mod tests {
 
         let broker = broker_with_game();
         broker.catalog.set_warm_target("g", "east", &WarmTargetSpec { warm: 2, auto: None }).unwrap();
-        let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
-
+        let (mut heard, heard_tx) = fake_controllers::Heard::new();
         let silent_url = fake_controllers::silent(heard_tx.clone()).await;
 
         // "b-answers" sets what it is sent, as a controller does.
@@ -352,18 +351,8 @@ mod tests {
         tokio::spawn(run(broker.clone()));
         broker.pools_changed.notify_one();
 
-        let mut seen = Vec::new();
-        while !seen.contains(&"answering: set") {
-            let event = tokio::time::timeout(Duration::from_secs(30), heard.recv()).await;
-            seen.push(event.expect("no push within 30 s").expect("the servers run"));
-        }
-        // Whatever the silent rack's server noticed meanwhile arrives within this pause.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        while let Ok(event) = heard.try_recv() {
-            seen.push(event);
-        }
-        assert!(seen.contains(&"silent: asked"), "both racks are pushed to: {seen:?}");
-        assert!(!seen.contains(&"silent: hung up"), "the answering rack waited for the silent one: {seen:?}");
+        heard.until("answering: set").await;
+        heard.assert_silent_call_still_open().await;
         let held = broker.with_rack("b-answers", |r| r.pool_sizes.get("g-1").copied()).flatten();
         assert_eq!(held, Some(1), "the answering rack holds its share of the warm target");
         broker.shutdown.cancel();

@@ -220,7 +220,7 @@ mod tests {
         use crate::racks::fake_controllers::{self, add_rack};
 
         let broker = crate::broker::test_broker();
-        let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+        let (mut heard, heard_tx) = fake_controllers::Heard::new();
         let silent_url = fake_controllers::silent(heard_tx.clone()).await;
         let events = heard_tx.clone();
         let answering_url = fake_controllers::serve(axum::Router::new().route(
@@ -243,11 +243,7 @@ mod tests {
         recover(&broker).await.unwrap();
         tokio::spawn(run(broker.clone()));
 
-        let mut seen = Vec::new();
-        while !seen.contains(&"answering: renewed") {
-            let event = tokio::time::timeout(Duration::from_secs(30), heard.recv()).await;
-            seen.push(event.expect("no renewal within 30 s").expect("the servers run"));
-        }
+        heard.until("answering: renewed").await;
         // A session on the answering rack goes quiet: the loop's next tick expires it.
         active_at(&broker, "quiet", "b-answers", 5_000);
         broker.leases.set("quiet", "b-answers", 5_000);
@@ -258,13 +254,7 @@ mod tests {
         })
         .await
         .expect("the quiet session expires");
-        // Whatever the silent rack's server noticed meanwhile arrives within this pause.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        while let Ok(event) = heard.try_recv() {
-            seen.push(event);
-        }
-        assert!(seen.contains(&"silent: asked"), "both racks are renewed: {seen:?}");
-        assert!(!seen.contains(&"silent: hung up"), "the loop waited for the silent rack: {seen:?}");
+        heard.assert_silent_call_still_open().await;
         assert_eq!(state(&broker, "on-answering"), SessionState::Active);
         broker.shutdown.cancel();
     }

@@ -36,7 +36,14 @@ pub fn open(path: &Path, migrations: &[&str]) -> Result<Connection, StoreOpenErr
     Ok(conn)
 }
 
+/// Prepared statements kept per connection. rusqlite keeps 16 by default; a controller runs
+/// some 40 distinct statements on its hot paths, so with 16 every statement was evicted before
+/// its next use and prepared again (a tenth of the controller's CPU under load in perf, preparing
+/// and finalising included).
+const STATEMENT_CACHE: usize = 256;
+
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;

@@ -96,6 +96,24 @@ mod tests {
     }
 
     #[test]
+    fn a_statement_stays_prepared_while_dozens_of_others_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("t.db"), &["CREATE TABLE a (x INTEGER);"]).unwrap();
+        let run = |sql: &str| {
+            let mut stmt = conn.prepare_cached(sql).unwrap();
+            stmt.query_row([], |r| r.get::<_, i64>(0)).unwrap();
+            // Runs of this prepared statement: a statement prepared again starts from zero.
+            stmt.get_status(rusqlite::StatementStatus::Run)
+        };
+        let first = "SELECT count(*) FROM a";
+        assert_eq!(run(first), 1);
+        for n in 0..60 {
+            run(&format!("SELECT count(*) + {n} FROM a"));
+        }
+        assert_eq!(run(first), 2, "the first statement was evicted and prepared again");
+    }
+
+    #[test]
     fn a_failing_migration_leaves_nothing_half_done() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");

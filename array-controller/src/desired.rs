@@ -31,13 +31,15 @@ impl Rack {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // The generation first: a poll that finds nothing newer (every poll a board makes
-            // right after its report) then costs one small read, not a whole desired state.
-            let generation = self
-                .db
-                .read(|conn| rows::desired_generation(conn, board_id))?
-                .ok_or_else(|| RackError::not_found("board", board_id))?;
-            if generation > after {
-                return Ok(Some(self.desired_state(board_id)?));
+            // right after its report) then costs one small read, not a whole desired state. A
+            // newer one is read under the same lock: one turn at the lock, not two.
+            let newer = self.db.read(|conn| {
+                let generation = rows::desired_generation(conn, board_id)?
+                    .ok_or_else(|| RackError::not_found("board", board_id))?;
+                if generation > after { desired_state(conn, board_id).map(Some) } else { Ok(None) }
+            })?;
+            if newer.is_some() {
+                return Ok(newer);
             }
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return Ok(None) },

@@ -85,6 +85,9 @@ impl Rack {
         let class_name = class.map(|c| c.name.clone());
 
         self.write(|w| {
+            // The board's credential changes below: nothing may accept its old one after this
+            // commits (cleared under the lock, so no check in flight can put it back).
+            self.board_credentials.forget_all();
             let token_hash = hash_token(&request.join_token);
             let valid: Option<i64> = w
                 .tx

@@ -7,6 +7,7 @@
 pub mod broker_link;
 pub mod claims;
 pub mod config;
+pub mod credentials;
 pub mod db;
 pub mod deployments;
 pub mod desired;

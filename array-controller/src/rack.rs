@@ -9,6 +9,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::credentials::BoardCredentials;
 use crate::db::{Db, DbError, Write};
 use crate::events::EventHub;
 use crate::metrics::Metrics;
@@ -28,6 +29,8 @@ pub struct Rack {
     /// rack's boards is stale until the next registration.
     pub boards_changed: Notify,
     desired: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Board credentials already checked (cleared by every enrolment).
+    pub board_credentials: BoardCredentials,
     /// Last placement failure per deployment (reasons, when): an unmet pool is reported when
     /// its reasons change, and retried by the timer only every [`crate::pools::UNMET_RETRY`].
     pub placement_failures: Mutex<HashMap<String, (Vec<String>, std::time::Instant)>>,
@@ -53,6 +56,7 @@ impl Rack {
             pools_changed: Notify::new(),
             boards_changed: Notify::new(),
             desired: Mutex::new(HashMap::new()),
+            board_credentials: BoardCredentials::default(),
             placement_failures: Mutex::new(HashMap::new()),
         }
     }

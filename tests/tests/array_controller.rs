@@ -861,8 +861,23 @@ async fn bad_input_gets_a_stable_4xx_code_and_changes_nothing() {
     assert_eq!((release.status, release.code.as_str()), (404, "not_found"));
 
     // Enrolment with a join token nobody issued.
+    let enrol = enrol_body("e2e-intruder", "made-up-token");
+    expect(post("/v1/enrol", None, enrol).await, 401, "invalid_join_token");
+
+    // Unknown endpoints and query parameters.
+    expect(get("/v1/nothing-here", Some(OPERATOR_TOKEN)).await, 404, "not_found");
+    expect(get("/v1/instances?state=sleeping", Some(OPERATOR_TOKEN)).await, 400, "invalid_state");
+
+    let after = rack_state(client).await;
+    assert_eq!(after, before, "bad input changed nothing: boards, deployments, event log");
+    assert_eq!(client.deployment("existing").await.spec, serde_json::from_value(good).unwrap());
+}
+
+/// An enrolment request for an x86_64 board `board` with `join_token` (what a board daemon
+/// sends, written out by hand).
+fn enrol_body(board: &str, join_token: &str) -> Value {
     let facts = json!({
-        "board_id": "e2e-intruder",
+        "board_id": board,
         "arch": "x86_64",
         "soc_model": null,
         "cpu": {"cpus": [0], "clusters": [{"cpus": [0], "capacity": null}]},
@@ -877,22 +892,46 @@ async fn bad_input_gets_a_stable_4xx_code_and_changes_nothing() {
         "host_port_range": {"start": 24000, "end": 24049},
         "overridden": []
     });
-    let enrol = json!({
-        "join_token": "made-up-token",
+    json!({
+        "join_token": join_token,
         "facts": facts,
         "address": "127.0.0.1",
         "now_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64,
         "desired_generation": 0
-    });
-    expect(post("/v1/enrol", None, enrol).await, 401, "invalid_join_token");
+    })
+}
 
-    // Unknown endpoints and query parameters.
-    expect(get("/v1/nothing-here", Some(OPERATOR_TOKEN)).await, 404, "not_found");
-    expect(get("/v1/instances?state=sleeping", Some(OPERATOR_TOKEN)).await, 400, "invalid_state");
+// A board that enrols again gets a new credential, and its old one is refused from then on,
+// although the controller had just accepted it (it keeps the board credentials it has checked).
+#[tokio::test]
+async fn a_board_that_enrols_again_is_refused_with_its_old_credential() {
+    let dir = TestDir::new("ac-reenrol");
+    let controller = Controller::start(dir.path(), &[]).await;
+    let client = &controller.client;
+    let join = client.join_token().await;
+    let enrol = || async {
+        let body = enrol_body("e2e-again", &join).to_string();
+        let answer = client.request(Method::POST, "/v1/enrol", None, Some(body)).await.expect("an answer");
+        assert_eq!(answer.status, 201, "{answer:?}");
+        answer.body["credential"].as_str().expect("a credential").to_string()
+    };
+    let heartbeat = |credential: String| async move {
+        let body = json!({"applied_generation": 0, "instances": [], "journal": []}).to_string();
+        let path = "/v1/boards/e2e-again/heartbeat";
+        let answer =
+            client.request(Method::POST, path, Some(&credential), Some(body)).await.expect("an answer");
+        (answer.status, answer.code().to_string())
+    };
+    let refused = (401, "unauthorized".to_string());
 
-    let after = rack_state(client).await;
-    assert_eq!(after, before, "bad input changed nothing: boards, deployments, event log");
-    assert_eq!(client.deployment("existing").await.spec, serde_json::from_value(good).unwrap());
+    let first = enrol().await;
+    assert_eq!(heartbeat(first.clone()).await.0, 200);
+    assert_eq!(heartbeat(first.clone()).await.0, 200, "accepted again, from what was checked");
+    let second = enrol().await;
+    assert_ne!(first, second, "a new enrolment gives a new credential");
+    assert_eq!(heartbeat(first.clone()).await, refused, "the old credential after enrolling again");
+    assert_eq!(heartbeat(second).await.0, 200);
+    assert_eq!(heartbeat(first).await, refused);
 }
 
 // Every mutating route answers 401 without a credential or with a wrong one, and changes

@@ -5,7 +5,6 @@ use service_kit::auth::{bearer, constant_time_eq, hash_token};
 use service_kit::http_error::HttpError;
 
 use crate::rack::Rack;
-use crate::rows;
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +24,7 @@ pub fn caller(rack: &Rack, headers: &HeaderMap) -> Result<Caller, HttpError> {
         return Ok(Caller::Broker);
     }
     let hash = hash_token(token);
-    match rack.db.read(|conn| rows::board_by_credential(conn, &hash)) {
+    match rack.board_credentials.board(&rack.db, &hash) {
         Ok(Some(board)) => Ok(Caller::Board(board)),
         Ok(None) => Err(HttpError::unauthorized()),
         Err(err) => Err(HttpError::internal(err)),
